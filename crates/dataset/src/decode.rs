@@ -39,6 +39,7 @@ impl DecodeLimits {
     /// Limits for building a decoder, when the dimensions are not known yet: only the memory
     /// ceiling applies, so that an oversized header still yields its dimensions for the error.
     fn header_limits(&self) -> image::Limits {
+        // `image::Limits` is non-exhaustive, so it can only be built by adjusting a default.
         let mut limits = image::Limits::default();
         limits.max_image_width = None;
         limits.max_image_height = None;
@@ -106,6 +107,10 @@ pub struct Decoded {
 ///
 /// The format is detected from the content. Transparent pixels are composited over white,
 /// animations contribute their first frame, and anything above 8 bits per channel is reduced.
+///
+/// # Errors
+/// [`DecodeError::TooLarge`] is decided from the header, before pixel memory is allocated;
+/// truncated data is [`DecodeError::Corrupt`], never a partially grey image.
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, DecodeError> {
     let format = detect_format(bytes)?;
     let mut decoder = open_decoder(bytes, format, limits)?;
@@ -114,6 +119,10 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, DecodeErro
         width,
         height,
         max_pixels: limits.max_pixels,
+    };
+    let decode_error = |error| match error {
+        ImageError::Limits(_) => too_large(),
+        error => classify(error, format, limits),
     };
     if u64::from(width) * u64::from(height) > limits.max_pixels {
         return Err(too_large());
@@ -128,21 +137,15 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, DecodeErro
     pixel_limits
         .reserve(decoder.total_bytes())
         .map_err(|_| too_large())?;
-    decoder
-        .set_limits(pixel_limits)
-        .map_err(|error| classify(error, format, limits))?;
-
-    let orientation = read_orientation(&mut decoder);
+    decoder.set_limits(pixel_limits).map_err(decode_error)?;
     if format == ImageFormat::Jpeg && jpeg_end_of_image(bytes).is_none() {
         return Err(DecodeError::Corrupt(
             "truncated JPEG (no end-of-image marker)".to_owned(),
         ));
     }
 
-    let decoded = DynamicImage::from_decoder(decoder).map_err(|error| match error {
-        ImageError::Limits(_) => too_large(),
-        error => classify(error, format, limits),
-    })?;
+    let orientation = read_orientation(&mut decoder);
+    let decoded = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
     let mut upright = DynamicImage::ImageRgb8(flatten_to_rgb(decoded));
     upright.apply_orientation(orientation);
     let image = upright.into_rgb8();
@@ -156,6 +159,10 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, DecodeErro
 
 /// Reads the displayed dimensions (after EXIF orientation, like [`Decoded`]) and the format,
 /// parsing headers and metadata only.
+///
+/// # Errors
+/// As [`decode`], except that size limits are not applied and truncated pixel data goes
+/// unnoticed.
 pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32, ImageFormat), DecodeError> {
     let format = detect_format(bytes)?;
     let mut decoder = open_decoder(bytes, format, &DecodeLimits::default())?;
@@ -266,7 +273,8 @@ fn jpeg_end_of_image(bytes: &[u8]) -> Option<usize> {
     const EOI: u8 = 0xD9;
     const SOS: u8 = 0xDA;
     const TEM: u8 = 0x01;
-    const RST: std::ops::RangeInclusive<u8> = 0xD0..=0xD7;
+    const RST_FIRST: u8 = 0xD0;
+    const RST_LAST: u8 = 0xD7;
 
     if !bytes.starts_with(&SOI) {
         return None;
@@ -279,8 +287,8 @@ fn jpeg_end_of_image(bytes: &[u8]) -> Option<usize> {
         position = marker_at + 2;
         match marker {
             EOI => return Some(position),
-            TEM => {}
-            marker if RST.contains(&marker) => {}
+            // TEM and restart markers stand alone, without a length.
+            TEM | RST_FIRST..=RST_LAST => {}
             marker => {
                 let length = bytes.get(position..position + 2)?;
                 // The length counts its own two bytes; `position` always advances, so the loop
@@ -581,6 +589,21 @@ mod tests {
         assert_close(decoded.image.get_pixel(10, 4).0, RED, 12);
         assert_close(decoded.image.get_pixel(10, 36).0, BLUE, 12);
         assert_eq!(dimensions(&bytes), Ok((20, 40, ImageFormat::Jpeg)));
+    }
+
+    #[test]
+    fn animated_gif_gives_its_first_frame() {
+        let frames = [RED, BLUE].map(|colour| {
+            let rgba = RgbaImage::from_pixel(6, 4, Rgba([colour[0], colour[1], colour[2], 255]));
+            image::Frame::new(rgba)
+        });
+        let mut bytes = Vec::new();
+        image::codecs::gif::GifEncoder::new(&mut bytes)
+            .encode_frames(frames)
+            .expect("GIF encodes");
+        let decoded = decode_ok(&bytes);
+        assert_eq!(decoded.format, ImageFormat::Gif);
+        assert!(decoded.image.pixels().all(|pixel| pixel.0 == RED));
     }
 
     #[test]

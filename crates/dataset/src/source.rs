@@ -6,7 +6,7 @@ use bestiary_storage::{Store, StoreOptions, StoreUrl, parse_store_url};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::split::{SplitConfig, assign_split};
+use crate::split::{SplitConfig, split_class};
 use crate::{DatasetError, Result};
 
 /// File extensions taken as photos when listing folders (compared case-insensitively).
@@ -126,10 +126,7 @@ impl Dataset {
                     )
                 }
                 None => {
-                    let (train, validation): (Vec<_>, Vec<_>) = primary
-                        .items
-                        .into_iter()
-                        .partition(|item| !assign_split(&item.sample_id, &options.split));
+                    let (train, validation) = hash_split(primary.items, &options.split);
                     (train, validation, options.split.describe(), primary.layout)
                 }
             };
@@ -389,6 +386,27 @@ async fn list_folders(
         });
     }
     Ok(listing)
+}
+
+/// The hash split, decided class by class (see [`split_class`]).
+fn hash_split(items: Vec<Item>, config: &SplitConfig) -> (Vec<Item>, Vec<Item>) {
+    let mut by_class: BTreeMap<String, Vec<Item>> = BTreeMap::new();
+    for item in items {
+        by_class.entry(item.class.clone()).or_default().push(item);
+    }
+    let (mut train, mut validation) = (Vec::new(), Vec::new());
+    for items in by_class.into_values() {
+        let ids: Vec<&str> = items.iter().map(|i| i.sample_id.as_str()).collect();
+        let sides = split_class(&ids, config);
+        for (item, is_validation) in items.into_iter().zip(sides) {
+            if is_validation {
+                validation.push(item)
+            } else {
+                train.push(item)
+            }
+        }
+    }
+    (train, validation)
 }
 
 fn skipped(id: &str, code: &str, reason: &str) -> SkippedFile {

@@ -32,10 +32,35 @@ impl SplitConfig {
 /// Whether the photo `id` belongs to the validation set. Each photo is decided on its own, so
 /// adding or removing other photos never moves it to the other side.
 pub fn assign_split(id: &str, config: &SplitConfig) -> bool {
+    split_position(id, config) < config.validation_fraction
+}
+
+/// Where `id` falls in [0, 1) for this seed; below the validation fraction means validation.
+pub fn split_position(id: &str, config: &SplitConfig) -> f64 {
     let hash = xxhash_rust::xxh3::xxh3_64_with_seed(id.as_bytes(), config.seed);
     // The top 53 bits give a uniform float in [0, 1) without rounding bias.
-    let unit = (hash >> 11) as f64 / (1u64 << 53) as f64;
-    unit < config.validation_fraction
+    (hash >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Splits `ids` (all of one class) into (train, validation) indices. Each photo is decided by
+/// its own hash; only when that leaves a class of two or more photos with no validation photo
+/// at all does the photo with the lowest position move over, so that every class is measured.
+pub fn split_class(ids: &[&str], config: &SplitConfig) -> Vec<bool> {
+    let positions: Vec<f64> = ids.iter().map(|id| split_position(id, config)).collect();
+    let mut validation: Vec<bool> = positions
+        .iter()
+        .map(|&p| p < config.validation_fraction)
+        .collect();
+    if config.validation_fraction > 0.0 && ids.len() >= 2 && !validation.iter().any(|&v| v) {
+        let lowest = positions
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(index, _)| index)
+            .expect("at least two photos");
+        validation[lowest] = true;
+    }
+    validation
 }
 
 #[cfg(test)]
@@ -61,6 +86,24 @@ mod tests {
                 .collect::<Vec<_>>(),
             first
         );
+    }
+
+    #[test]
+    fn every_class_of_two_or_more_gets_a_validation_photo() {
+        let config = SplitConfig {
+            validation_fraction: 0.01,
+            seed: 3,
+        };
+        let ids: Vec<String> = (0..10).map(|i| format!("cat/{i}.jpg")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let sides = split_class(&refs, &config);
+        assert_eq!(sides.iter().filter(|v| **v).count(), 1);
+        assert_eq!(split_class(&refs[..1], &config), [false]);
+        let none = SplitConfig {
+            validation_fraction: 0.0,
+            seed: 3,
+        };
+        assert!(!split_class(&refs, &none).iter().any(|v| *v));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Turns RGB images into normalised CHW `f32` tensors: the evaluation transform and seeded training augmentation.
+//! Turns RGB images into normalised CHW `f32` tensors, for evaluation and seeded augmentation.
 
 use std::cell::RefCell;
 
@@ -82,6 +82,7 @@ impl Default for AugmentConfig {
 ///
 /// # Panics
 /// If `side` is 0 or the image is empty.
+#[must_use]
 pub fn resize_shorter_side(image: &RgbImage, side: u32) -> RgbImage {
     assert!(side > 0, "the shorter side must be at least one pixel");
     assert_not_empty(image);
@@ -98,6 +99,7 @@ pub fn resize_shorter_side(image: &RgbImage, side: u32) -> RgbImage {
 ///
 /// # Panics
 /// If the image is empty.
+#[must_use]
 pub fn resize_exact(image: &RgbImage, width: u32, height: u32) -> RgbImage {
     assert_not_empty(image);
     if image.dimensions() == (width, height) {
@@ -177,9 +179,7 @@ pub fn augment_into(
         resize_region(resizer, image, region, (size, size), pixels);
         let jitter = factors.for_pixels(pixels);
         let normalize = normalizer(norm);
-        write_chw(pixels, size, flip, out, |pixel| {
-            normalize(jitter.apply(pixel.map(f32::from)))
-        });
+        write_chw(pixels, size, flip, out, |rgb| normalize(jitter.apply(rgb)));
     });
 }
 
@@ -428,7 +428,6 @@ struct ColorJitter {
 }
 
 impl ColorJitter {
-    #[inline(always)]
     fn apply(&self, rgb: [f32; 3]) -> [f32; 3] {
         // Each step clamps to the valid range, as torchvision does between its operations.
         let rgb = rgb.map(|channel| (channel * self.brightness).min(255.0));
@@ -843,8 +842,8 @@ mod tests {
         assert_eq!(out, expected);
     }
 
-    /// Throughput check for the data loader; run with
-    /// `cargo test --release -p bestiary-dataset --lib -- --ignored --nocapture decode_and_augment`.
+    /// Throughput check for the data loader; run with `cargo test --release -p bestiary-dataset
+    /// --lib -- --ignored --nocapture decode_and_augment`.
     #[test]
     #[ignore = "timing, not correctness"]
     fn decode_and_augment_timing() {
@@ -881,6 +880,55 @@ mod tests {
             "300x225 JPEG -> 128: decode {:.0} us, augment {:.0} us per image",
             per_image(decoding),
             per_image(augmenting)
+        );
+    }
+}
+#[cfg(test)]
+mod zz_probe {
+    use super::*;
+    use rand::SeedableRng;
+    use std::time::Instant;
+    #[test]
+    #[ignore]
+    fn zz_breakdown() {
+        let photo = RgbImage::from_fn(300, 225, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 251) as u8])
+        });
+        let config = AugmentConfig::default();
+        let norm = Normalization::imagenet();
+        let mut out = vec![0.0; 3 * 128 * 128];
+        let n = 3000;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let t = Instant::now();
+        for _ in 0..n {
+            augment_into(&photo, 128, &config, &mut rng, &norm, &mut out);
+        }
+        let full = t.elapsed().as_secs_f64() / n as f64 * 1e6;
+        let mut resizer = Resizer::new();
+        let mut buf = vec![0u8; 128 * 128 * 3];
+        let t = Instant::now();
+        for _ in 0..n {
+            let region = random_resized_crop(photo.dimensions(), &config, &mut rng);
+            resize_region(&mut resizer, &photo, region, (128, 128), &mut buf);
+        }
+        let resize = t.elapsed().as_secs_f64() / n as f64 * 1e6;
+        let t = Instant::now();
+        for _ in 0..n {
+            let f = JitterFactors::sample(&config, &mut rng);
+            let j = f.for_pixels(&buf);
+            let normalize = normalizer(&norm);
+            write_chw(&buf, 128, true, &mut out, |rgb| normalize(j.apply(rgb)));
+        }
+        let jitter = t.elapsed().as_secs_f64() / n as f64 * 1e6;
+        let t = Instant::now();
+        for _ in 0..n {
+            let normalize = normalizer(&norm);
+            write_chw(&buf, 128, false, &mut out, normalize);
+        }
+        let plain = t.elapsed().as_secs_f64() / n as f64 * 1e6;
+        println!(
+            "full {full:.0} resize {resize:.0} jitter+write {jitter:.0} plain write {plain:.0} us; {:?}",
+            resizer.cpu_extensions()
         );
     }
 }

@@ -1,0 +1,256 @@
+//! The `bestiary` binary end to end: `dataset inspect` on local folders and on S3, help texts,
+//! environment variables, and the commands still to come.
+
+use std::process::{Command, Output};
+
+use bestiary_testkit::photos::{truncated_jpeg, upload_dir, write_class_folders};
+use bestiary_testkit::{s3, unique_prefix};
+
+fn bestiary(args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bestiary"));
+    command.args(args).env_remove("AWS_ENDPOINT_URL");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("run bestiary")
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn broken_dataset() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_class_folders(dir.path(), &["cat", "dog"], 6, (40, 30));
+    std::fs::write(dir.path().join("dog/truncated.jpg"), truncated_jpeg()).unwrap();
+    std::fs::write(dir.path().join("dog/zero.jpg"), b"").unwrap();
+    std::fs::write(dir.path().join("cat/words.jpg"), b"just words").unwrap();
+    dir
+}
+
+#[test]
+fn inspect_prints_a_readable_report() {
+    let dir = broken_dataset();
+    let text = stdout(&bestiary(
+        &["dataset", "inspect", dir.path().to_str().unwrap()],
+        &[],
+    ));
+    // Everything but the first line (the local path) is stable.
+    let body: Vec<&str> = text.lines().skip(1).collect();
+    let expected = [
+        "Layout    class-folders",
+        "Split     hash split: 20% validation, seed 42",
+        "Photos    9 train, 3 validation, 3 bad, 0 ignored",
+        "Size      width 40–40 (median 40), height 30–30 (median 30)",
+        "Formats   jpeg 12",
+        "",
+        "2 classes:",
+        "  class    train  validation    bad",
+    ];
+    assert_eq!(&body[..expected.len()], expected, "\n{text}");
+    assert!(text.contains("Bad files (3):"), "{text}");
+    assert!(text.contains("  dog/truncated.jpg  [corrupt]"), "{text}");
+    assert!(
+        text.contains("  dog/zero.jpg  [empty] zero-byte file"),
+        "{text}"
+    );
+    assert!(text.contains("  cat/words.jpg  [not-an-image]"), "{text}");
+}
+
+#[test]
+fn inspect_json_has_a_stable_shape() {
+    let dir = broken_dataset();
+    let text = stdout(&bestiary(
+        &["dataset", "inspect", "--json", dir.path().to_str().unwrap()],
+        &[],
+    ));
+    let mut report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for volatile in ["url", "fingerprint"] {
+        assert!(report[volatile].is_string());
+        report[volatile] = serde_json::Value::Null;
+    }
+    for file in report["bad_files"].as_array_mut().unwrap() {
+        file["reason"] = serde_json::Value::Null; // decoder wording may change between versions
+    }
+    let expected = serde_json::json!({
+        "url": null, "fingerprint": null,
+        "layout": "class-folders",
+        "validation_source": "hash split: 20% validation, seed 42",
+        "classes": [
+            {"name": "cat", "train": 4, "validation": 2, "bad": 1},
+            {"name": "dog", "train": 5, "validation": 1, "bad": 2}
+        ],
+        "train": 9, "validation": 3,
+        "width": {"min": 40, "median": 40, "mean": 40.0, "max": 40},
+        "height": {"min": 30, "median": 30, "mean": 30.0, "max": 30},
+        "formats": {"jpeg": 12},
+        "bad_files": [
+            {"id": "cat/words.jpg", "code": "not-an-image", "reason": null},
+            {"id": "dog/truncated.jpg", "code": "corrupt", "reason": null},
+            {"id": "dog/zero.jpg", "code": "empty", "reason": null}
+        ],
+        "ignored_files": []
+    });
+    assert_eq!(report, expected);
+}
+
+#[test]
+fn inspect_reads_s3_like_a_local_folder() {
+    let dir = broken_dataset();
+    let env = s3();
+    let prefix = unique_prefix("cli-inspect");
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(upload_dir(dir.path(), &env.store(&prefix)));
+    let child_env: Vec<(&str, String)> = env.child_env();
+    let from_s3 = stdout(&bestiary(
+        &["dataset", "inspect", &env.url(&prefix)],
+        &child_env,
+    ));
+    let local = stdout(&bestiary(
+        &["dataset", "inspect", dir.path().to_str().unwrap()],
+        &[],
+    ));
+    let without_url_and_fingerprint = |text: &str| {
+        text.lines()
+            .filter(|l| !l.starts_with("Dataset") && !l.starts_with("Fingerprint"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        without_url_and_fingerprint(&from_s3),
+        without_url_and_fingerprint(&local)
+    );
+    assert!(from_s3.starts_with(&format!("Dataset   {}", env.url(&prefix))));
+
+    // The endpoint also comes from BESTIARY_S3_ENDPOINT / --s3-endpoint.
+    let mut env_vars = child_env.clone();
+    env_vars.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
+    env_vars.push(("BESTIARY_S3_ENDPOINT", env.endpoint.clone()));
+    let again = stdout(&bestiary(
+        &["dataset", "inspect", &env.url(&prefix)],
+        &env_vars,
+    ));
+    assert_eq!(again, from_s3);
+}
+
+#[test]
+fn wrong_s3_credentials_fail_with_a_clear_message() {
+    let env = s3();
+    let mut child_env = env.child_env();
+    for (key, value) in child_env.iter_mut() {
+        if *key == "AWS_SECRET_ACCESS_KEY" {
+            *value = "wrong".into();
+        }
+    }
+    let output = bestiary(
+        &[
+            "dataset",
+            "inspect",
+            "--storage-retries",
+            "0",
+            &env.url("x"),
+        ],
+        &child_env,
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("access denied") && stderr.contains(&env.url("x")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_folder_is_a_clear_error() {
+    let output = bestiary(&["dataset", "inspect", "/definitely/not/here"], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no photos found at /definitely/not/here"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn settings_come_from_the_environment_too() {
+    let dir = broken_dataset();
+    let env = [
+        ("BESTIARY_VALIDATION_FRACTION", "0.5".to_string()),
+        ("BESTIARY_SPLIT_SEED", "7".to_string()),
+    ];
+    let text = stdout(&bestiary(
+        &["dataset", "inspect", dir.path().to_str().unwrap()],
+        &env,
+    ));
+    assert!(
+        text.contains("hash split: 50% validation, seed 7"),
+        "{text}"
+    );
+    let output = bestiary(
+        &[
+            "dataset",
+            "inspect",
+            "--validation-fraction",
+            "1.5",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--validation-fraction must be"));
+}
+
+#[test]
+fn help_lists_every_command() {
+    let text = stdout(&bestiary(&["--help"], &[]));
+    for command in [
+        "dataset", "train", "eval", "serve", "classify", "watch", "export", "import", "bench",
+    ] {
+        assert!(
+            text.contains(&format!("  {command} ")),
+            "{command} missing from\n{text}"
+        );
+    }
+    let inspect_help = stdout(&bestiary(&["dataset", "inspect", "--help"], &[]));
+    assert!(
+        inspect_help.contains("[env: BESTIARY_VALIDATION_FRACTION=]"),
+        "{inspect_help}"
+    );
+}
+
+#[test]
+fn commands_not_built_yet_say_so() {
+    let output = bestiary(&["train", "--data", "x"], &[]);
+    assert_eq!(output.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("not built yet (tracked in issue #3)")
+    );
+}
+
+#[test]
+fn loader_bench_reports_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    write_class_folders(dir.path(), &["a", "b"], 8, (64, 48));
+    let text = stdout(&bestiary(
+        &[
+            "bench",
+            "loader",
+            "--json",
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    ));
+    let result: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(result["images"], 16);
+    assert!(result["cold_images_per_second"].as_f64().unwrap() > 0.0);
+    assert!(result["cached_images_per_second"].as_f64().unwrap() > 0.0);
+}
