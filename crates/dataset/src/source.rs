@@ -55,7 +55,7 @@ pub struct SkippedFile {
 }
 
 /// Options for opening a dataset.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct DatasetOptions {
     pub split: SplitConfig,
     /// An explicit validation set (folder, manifest or CSV) instead of the hash split.
@@ -63,17 +63,6 @@ pub struct DatasetOptions {
     /// The manifest field holding the label; by default `class`, `label`, or the one other field.
     pub label_attribute: Option<String>,
     pub store: StoreOptions,
-}
-
-impl Default for DatasetOptions {
-    fn default() -> Self {
-        Self {
-            split: SplitConfig::default(),
-            validation_url: None,
-            label_attribute: None,
-            store: StoreOptions::default(),
-        }
-    }
 }
 
 /// A labelled dataset: its classes and its train and validation samples.
@@ -323,7 +312,7 @@ async fn list_folders(
     while let Some(object) = objects.next().await {
         let object = object?;
         listed += 1;
-        if listed % 1000 == 0 {
+        if listed.is_multiple_of(1000) {
             progress(listed);
         }
         if is_hidden(&object.key) {

@@ -390,16 +390,7 @@ impl JitterFactors {
         let contrast_mean = if self.contrast == 1.0 {
             0.0
         } else {
-            let (rgb, _) = pixels.as_chunks::<3>();
-            let total: f64 = rgb
-                .iter()
-                .map(|pixel| {
-                    f64::from(luma(
-                        pixel.map(|channel| (f32::from(channel) * self.brightness).min(255.0)),
-                    ))
-                })
-                .sum();
-            (total / rgb.len().max(1) as f64) as f32
+            mean_grey(pixels, self.brightness)
         };
         ColorJitter {
             brightness: self.brightness,
@@ -408,6 +399,25 @@ impl JitterFactors {
             saturation: self.saturation,
         }
     }
+}
+
+/// Mean grey level of interleaved RGB `pixels` after scaling by `brightness` (clamped).
+fn mean_grey(pixels: &[u8], brightness: f32) -> f32 {
+    // Eight independent partial sums let the compiler vectorise the reduction, which a single
+    // floating-point accumulator forbids (reordering would change the result).
+    const LANES: usize = 8;
+    let grey =
+        |pixel: &[u8; 3]| luma(pixel.map(|channel| (f32::from(channel) * brightness).min(255.0)));
+    let (rgb, _) = pixels.as_chunks::<3>();
+    let (groups, rest) = rgb.as_chunks::<LANES>();
+    let mut sums = [0.0f32; LANES];
+    for group in groups {
+        for (sum, pixel) in sums.iter_mut().zip(group) {
+            *sum += grey(pixel);
+        }
+    }
+    let total: f32 = sums.iter().sum::<f32>() + rest.iter().map(grey).sum::<f32>();
+    total / rgb.len().max(1) as f32
 }
 
 /// Uniform in `[max(0, 1 - strength), 1 + strength]`; a draw is made even when disabled.
@@ -440,6 +450,9 @@ impl ColorJitter {
 
 /// Writes `width`-wide interleaved RGB `pixels` as three planes (CHW) into `out`, optionally
 /// mirrored, mapping each pixel through `map` on the way.
+///
+/// Each row is first spread into its three output rows, then mapped in place while still in L1:
+/// the arithmetic then runs over plain `f32` slices, which the compiler vectorises.
 fn write_chw(
     pixels: &[u8],
     width: u32,
@@ -458,22 +471,24 @@ fn write_chw(
         .zip(blue.chunks_exact_mut(width));
     for (((row, red), green), blue) in rows {
         let (row, _) = row.as_chunks::<3>();
-        let values = row.iter().map(|pixel| map(pixel.map(f32::from)));
         let planes = red.iter_mut().zip(green.iter_mut()).zip(blue.iter_mut());
         if flip {
-            store_row(planes.rev(), values);
+            spread_row(row, planes.rev());
         } else {
-            store_row(planes, values);
+            spread_row(row, planes);
+        }
+        for ((red, green), blue) in red.iter_mut().zip(green.iter_mut()).zip(blue.iter_mut()) {
+            [*red, *green, *blue] = map([*red, *green, *blue]);
         }
     }
 }
 
-fn store_row<'a>(
+fn spread_row<'a>(
+    row: &[[u8; 3]],
     planes: impl Iterator<Item = ((&'a mut f32, &'a mut f32), &'a mut f32)>,
-    values: impl Iterator<Item = [f32; 3]>,
 ) {
-    for (((red, green), blue), [r, g, b]) in planes.zip(values) {
-        (*red, *green, *blue) = (r, g, b);
+    for (((red, green), blue), &[r, g, b]) in planes.zip(row) {
+        (*red, *green, *blue) = (f32::from(r), f32::from(g), f32::from(b));
     }
 }
 
@@ -926,6 +941,14 @@ mod zz_probe {
             write_chw(&buf, 128, false, &mut out, normalize);
         }
         let plain = t.elapsed().as_secs_f64() / n as f64 * 1e6;
+        let t = Instant::now();
+        let mut acc = 0.0;
+        for _ in 0..n {
+            let f = JitterFactors::sample(&config, &mut rng);
+            acc += f.for_pixels(&buf).contrast_offset;
+        }
+        let pre = t.elapsed().as_secs_f64() / n as f64 * 1e6;
+        println!("prepass {pre:.0} {acc}");
         println!(
             "full {full:.0} resize {resize:.0} jitter+write {jitter:.0} plain write {plain:.0} us; {:?}",
             resizer.cpu_extensions()
