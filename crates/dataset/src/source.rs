@@ -280,8 +280,14 @@ async fn list_labelled(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Listing> {
     match extension(url.trim_end_matches('/')).as_deref() {
-        Some("jsonl" | "manifest" | "json") => list_manifest(url, options, stores).await,
-        Some("csv") => list_csv(url, stores).await,
+        Some("jsonl" | "manifest" | "json") => {
+            let label = options.label_attribute.as_deref();
+            list_references(url, Layout::Manifest, stores, |text| {
+                parse_manifest(url, text, label)
+            })
+            .await
+        }
+        Some("csv") => list_references(url, Layout::Csv, stores, |text| parse_csv(url, text)).await,
         _ => list_folders(url, stores, progress).await,
     }
 }
@@ -437,17 +443,65 @@ async fn read_listing_file(url: &str, stores: &mut StoreSet) -> Result<(String, 
     ))
 }
 
-async fn list_manifest(
+/// Reads a manifest or CSV, resolves each reference and asks the store for its size and ETag
+/// (so that the image cache works for them too); references that do not exist are reported.
+async fn list_references(
     url: &str,
-    options: &DatasetOptions,
+    layout: Layout,
     stores: &mut StoreSet,
+    parse: impl FnOnce(&str) -> Result<Vec<(String, String)>>,
 ) -> Result<Listing> {
     let (text, base) = read_listing_file(url, stores).await?;
+    let mut resolved = Vec::new();
+    for (reference, class) in parse(&text)? {
+        let (store, key) = resolve_reference(&reference, &base, stores)?;
+        resolved.push((reference, class, store, key));
+    }
+    let heads = futures::stream::iter(resolved)
+        .map(|(reference, class, store, key)| {
+            let handle = stores.stores[store].clone();
+            async move {
+                let head = handle.head(&key).await;
+                (reference, class, store, key, head)
+            }
+        })
+        .buffered(32)
+        .collect::<Vec<_>>()
+        .await;
     let mut listing = Listing {
-        layout: Layout::Manifest,
+        layout,
         items: Vec::new(),
         ignored: Vec::new(),
     };
+    for (reference, class, store, key, head) in heads {
+        match head {
+            Ok(info) => listing.items.push(Item {
+                sample_id: reference,
+                store,
+                key,
+                class,
+                size: Some(info.size),
+                etag: info.etag,
+                from_validation_folder: false,
+            }),
+            Err(e) => listing.ignored.push(SkippedFile {
+                id: reference,
+                code: "unreadable".into(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+    if listing.items.is_empty() {
+        return Err(DatasetError::NoImages {
+            url: url.to_string(),
+        });
+    }
+    Ok(listing)
+}
+
+/// (reference, class) pairs of a JSON Lines manifest.
+fn parse_manifest(url: &str, text: &str, label: Option<&str>) -> Result<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
     for (number, line) in text
         .lines()
         .enumerate()
@@ -464,7 +518,7 @@ async fn list_manifest(
             .get("source-ref")
             .and_then(|v| v.as_str())
             .ok_or_else(|| bad("missing \"source-ref\"".into()))?;
-        let attribute = label_attribute(&record, options.label_attribute.as_deref())
+        let attribute = label_attribute(&record, label)
             .ok_or_else(|| bad("no label field (use --label-attribute)".into()))?;
         let class = match &record[&attribute] {
             serde_json::Value::String(name) => name.clone(),
@@ -480,23 +534,9 @@ async fn list_manifest(
                 )));
             }
         };
-        let (store, key) = resolve_reference(reference, &base, stores)?;
-        listing.items.push(Item {
-            sample_id: reference.to_string(),
-            store,
-            key,
-            class,
-            size: None,
-            etag: None,
-            from_validation_folder: false,
-        });
+        pairs.push((reference.to_string(), class));
     }
-    if listing.items.is_empty() {
-        return Err(DatasetError::NoImages {
-            url: url.to_string(),
-        });
-    }
-    Ok(listing)
+    Ok(pairs)
 }
 
 fn label_attribute(
@@ -520,18 +560,14 @@ fn label_attribute(
     }
 }
 
-async fn list_csv(url: &str, stores: &mut StoreSet) -> Result<Listing> {
-    let (text, base) = read_listing_file(url, stores).await?;
+/// (reference, class) pairs of a `key,label` CSV; a header row is recognised and skipped.
+fn parse_csv(url: &str, text: &str) -> Result<Vec<(String, String)>> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .trim(csv::Trim::All)
         .from_reader(text.as_bytes());
-    let mut listing = Listing {
-        layout: Layout::Csv,
-        items: Vec::new(),
-        ignored: Vec::new(),
-    };
+    let mut pairs = Vec::new();
     for (number, row) in reader.records().enumerate() {
         let bad = |reason: String| DatasetError::BadManifest {
             url: url.to_string(),
@@ -545,33 +581,9 @@ async fn list_csv(url: &str, stores: &mut StoreSet) -> Result<Listing> {
         let is_header = number == 0
             && ["key", "path", "file", "source-ref", "image"]
                 .contains(&reference.to_ascii_lowercase().as_str());
-        if is_header || reference.is_empty() {
-            continue;
+        if !is_header && !reference.is_empty() {
+            pairs.push((reference.to_string(), class.to_string()));
         }
-        let (store, key) = resolve_reference(reference, &base, stores)?;
-        listing.items.push(Item {
-            sample_id: reference.to_string(),
-            store,
-            key,
-            class: class.to_string(),
-            size: None,
-            etag: None,
-            from_validation_folder: false,
-        });
     }
-    if listing.items.is_empty() {
-        return Err(DatasetError::NoImages {
-            url: url.to_string(),
-        });
-    }
-    Ok(listing)
-}
-
-/// Class counts of a labelled listing, by name: used by reports.
-pub fn counts_by_class(classes: &[String], samples: &[Sample]) -> BTreeMap<String, usize> {
-    let mut counts: BTreeMap<String, usize> = classes.iter().map(|c| (c.clone(), 0)).collect();
-    for sample in samples {
-        *counts.entry(classes[sample.label].clone()).or_default() += 1;
-    }
-    counts
+    Ok(pairs)
 }

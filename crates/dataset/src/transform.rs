@@ -450,9 +450,6 @@ impl ColorJitter {
 
 /// Writes `width`-wide interleaved RGB `pixels` as three planes (CHW) into `out`, optionally
 /// mirrored, mapping each pixel through `map` on the way.
-///
-/// Each row is first spread into its three output rows, then mapped in place while still in L1:
-/// the arithmetic then runs over plain `f32` slices, which the compiler vectorises.
 fn write_chw(
     pixels: &[u8],
     width: u32,
@@ -471,24 +468,22 @@ fn write_chw(
         .zip(blue.chunks_exact_mut(width));
     for (((row, red), green), blue) in rows {
         let (row, _) = row.as_chunks::<3>();
+        let values = row.iter().map(|pixel| map(pixel.map(f32::from)));
         let planes = red.iter_mut().zip(green.iter_mut()).zip(blue.iter_mut());
         if flip {
-            spread_row(row, planes.rev());
+            store_row(planes.rev(), values);
         } else {
-            spread_row(row, planes);
-        }
-        for ((red, green), blue) in red.iter_mut().zip(green.iter_mut()).zip(blue.iter_mut()) {
-            [*red, *green, *blue] = map([*red, *green, *blue]);
+            store_row(planes, values);
         }
     }
 }
 
-fn spread_row<'a>(
-    row: &[[u8; 3]],
+fn store_row<'a>(
     planes: impl Iterator<Item = ((&'a mut f32, &'a mut f32), &'a mut f32)>,
+    values: impl Iterator<Item = [f32; 3]>,
 ) {
-    for (((red, green), blue), &[r, g, b]) in planes.zip(row) {
-        (*red, *green, *blue) = (f32::from(r), f32::from(g), f32::from(b));
+    for (((red, green), blue), [r, g, b]) in planes.zip(values) {
+        (*red, *green, *blue) = (r, g, b);
     }
 }
 
@@ -953,5 +948,28 @@ mod zz_probe {
             "full {full:.0} resize {resize:.0} jitter+write {jitter:.0} plain write {plain:.0} us; {:?}",
             resizer.cpu_extensions()
         );
+    }
+}
+#[cfg(test)]
+mod zz_probe2 {
+    use std::time::Instant;
+    #[test]
+    #[ignore]
+    fn zz_decode_breakdown() {
+        let photo = image::RgbImage::from_fn(300, 225, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 251) as u8]));
+        let mut jpeg = std::io::Cursor::new(Vec::new());
+        photo.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+        let jpeg = jpeg.into_inner();
+        let n = 2000;
+        for _ in 0..2 {
+        let t = Instant::now();
+        for _ in 0..n { std::hint::black_box(image::load_from_memory(&jpeg).unwrap()); }
+        let raw = t.elapsed().as_secs_f64() / n as f64 * 1e6;
+        let t = Instant::now();
+        let limits = crate::decode::DecodeLimits::default();
+        for _ in 0..n { std::hint::black_box(crate::decode::decode(&jpeg, &limits).unwrap()); }
+        let ours = t.elapsed().as_secs_f64() / n as f64 * 1e6;
+        println!("load_from_memory {raw:.0} us, decode {ours:.0} us, {} bytes", jpeg.len());
+        }
     }
 }

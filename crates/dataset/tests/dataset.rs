@@ -245,7 +245,7 @@ async fn manifests_and_csv_files_label_photos() {
 
     std::fs::write(
         dir.path().join("labels.csv"),
-        format!("key,label\nx/x_000.jpg,kitten\nx/x_002.jpg,kitten\n{absolute},puppy\n"),
+        format!("key,label\nx/x_000.jpg,kitten\nx/x_002.jpg,kitten\n{absolute},puppy\nx/missing.jpg,kitten\n"),
     )
     .unwrap();
     let dataset = Dataset::open(
@@ -258,6 +258,9 @@ async fn manifests_and_csv_files_label_photos() {
     assert_eq!(dataset.layout, Layout::Csv);
     assert_eq!(dataset.classes, ["kitten", "puppy"]);
     assert_eq!(dataset.train.len(), 3);
+    assert!(dataset.train.iter().all(|s| s.etag.is_some() && s.size.is_some()), "listed objects carry their ETag");
+    let ignored: Vec<(&str, &str)> = dataset.ignored.iter().map(|f| (f.id.as_str(), f.code.as_str())).collect();
+    assert_eq!(ignored, [("x/missing.jpg", "unreadable")]);
     let report = inspect(&dataset, 2, &DecodeLimits::default(), &|_, _| {}).await;
     assert!(report.bad_files.is_empty(), "{:?}", report.bad_files);
 
