@@ -59,9 +59,12 @@ pub struct AugmentConfig {
     pub ratio: (f32, f32),
     /// Mirror left-right with probability 0.5.
     pub horizontal_flip: bool,
-    /// Each factor is drawn uniformly from `[max(0, 1 - x), 1 + x]`; 0 disables it.
+    /// Jitter strength `x`: a brightness factor is drawn uniformly from `[max(0, 1 - x), 1 + x]`;
+    /// 0 disables it.
     pub brightness: f32,
+    /// Contrast jitter strength, as for `brightness`.
     pub contrast: f32,
+    /// Saturation jitter strength, as for `brightness`.
     pub saturation: f32,
 }
 
@@ -891,85 +894,5 @@ mod tests {
             per_image(decoding),
             per_image(augmenting)
         );
-    }
-}
-#[cfg(test)]
-mod zz_probe {
-    use super::*;
-    use rand::SeedableRng;
-    use std::time::Instant;
-    #[test]
-    #[ignore]
-    fn zz_breakdown() {
-        let photo = RgbImage::from_fn(300, 225, |x, y| {
-            image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 251) as u8])
-        });
-        let config = AugmentConfig::default();
-        let norm = Normalization::imagenet();
-        let mut out = vec![0.0; 3 * 128 * 128];
-        let n = 3000;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let t = Instant::now();
-        for _ in 0..n {
-            augment_into(&photo, 128, &config, &mut rng, &norm, &mut out);
-        }
-        let full = t.elapsed().as_secs_f64() / n as f64 * 1e6;
-        let mut resizer = Resizer::new();
-        let mut buf = vec![0u8; 128 * 128 * 3];
-        let t = Instant::now();
-        for _ in 0..n {
-            let region = random_resized_crop(photo.dimensions(), &config, &mut rng);
-            resize_region(&mut resizer, &photo, region, (128, 128), &mut buf);
-        }
-        let resize = t.elapsed().as_secs_f64() / n as f64 * 1e6;
-        let t = Instant::now();
-        for _ in 0..n {
-            let f = JitterFactors::sample(&config, &mut rng);
-            let j = f.for_pixels(&buf);
-            let normalize = normalizer(&norm);
-            write_chw(&buf, 128, true, &mut out, |rgb| normalize(j.apply(rgb)));
-        }
-        let jitter = t.elapsed().as_secs_f64() / n as f64 * 1e6;
-        let t = Instant::now();
-        for _ in 0..n {
-            let normalize = normalizer(&norm);
-            write_chw(&buf, 128, false, &mut out, normalize);
-        }
-        let plain = t.elapsed().as_secs_f64() / n as f64 * 1e6;
-        let t = Instant::now();
-        let mut acc = 0.0;
-        for _ in 0..n {
-            let f = JitterFactors::sample(&config, &mut rng);
-            acc += f.for_pixels(&buf).contrast_offset;
-        }
-        let pre = t.elapsed().as_secs_f64() / n as f64 * 1e6;
-        println!("prepass {pre:.0} {acc}");
-        println!(
-            "full {full:.0} resize {resize:.0} jitter+write {jitter:.0} plain write {plain:.0} us; {:?}",
-            resizer.cpu_extensions()
-        );
-    }
-}
-#[cfg(test)]
-mod zz_probe2 {
-    use std::time::Instant;
-    #[test]
-    #[ignore]
-    fn zz_decode_breakdown() {
-        let photo = image::RgbImage::from_fn(300, 225, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 251) as u8]));
-        let mut jpeg = std::io::Cursor::new(Vec::new());
-        photo.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
-        let jpeg = jpeg.into_inner();
-        let n = 2000;
-        for _ in 0..2 {
-        let t = Instant::now();
-        for _ in 0..n { std::hint::black_box(image::load_from_memory(&jpeg).unwrap()); }
-        let raw = t.elapsed().as_secs_f64() / n as f64 * 1e6;
-        let t = Instant::now();
-        let limits = crate::decode::DecodeLimits::default();
-        for _ in 0..n { std::hint::black_box(crate::decode::decode(&jpeg, &limits).unwrap()); }
-        let ours = t.elapsed().as_secs_f64() / n as f64 * 1e6;
-        println!("load_from_memory {raw:.0} us, decode {ours:.0} us, {} bytes", jpeg.len());
-        }
     }
 }

@@ -258,8 +258,18 @@ async fn manifests_and_csv_files_label_photos() {
     assert_eq!(dataset.layout, Layout::Csv);
     assert_eq!(dataset.classes, ["kitten", "puppy"]);
     assert_eq!(dataset.train.len(), 3);
-    assert!(dataset.train.iter().all(|s| s.etag.is_some() && s.size.is_some()), "listed objects carry their ETag");
-    let ignored: Vec<(&str, &str)> = dataset.ignored.iter().map(|f| (f.id.as_str(), f.code.as_str())).collect();
+    assert!(
+        dataset
+            .train
+            .iter()
+            .all(|s| s.etag.is_some() && s.size.is_some()),
+        "listed objects carry their ETag"
+    );
+    let ignored: Vec<(&str, &str)> = dataset
+        .ignored
+        .iter()
+        .map(|f| (f.id.as_str(), f.code.as_str()))
+        .collect();
     assert_eq!(ignored, [("x/missing.jpg", "unreadable")]);
     let report = inspect(&dataset, 2, &DecodeLimits::default(), &|_, _| {}).await;
     assert!(report.bad_files.is_empty(), "{:?}", report.bad_files);
