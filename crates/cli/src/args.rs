@@ -71,7 +71,9 @@ pub enum Command {
     #[command(subcommand)]
     Dataset(DatasetCommand),
     /// Train a classifier on a labelled dataset and store a versioned model.
-    Train(PendingArgs),
+    ///
+    /// Example: bestiary train --data s3://photos/animals --out s3://models --arch seed-cnn --epochs 10
+    Train(Box<TrainArgs>),
     /// Evaluate a model on a labelled dataset.
     Eval(PendingArgs),
     /// Serve a model over HTTP (native JSON, SageMaker and Open Inference Protocol APIs).
@@ -105,10 +107,18 @@ pub enum DatasetCommand {
     Inspect(InspectArgs),
 }
 
+/// The help text of every dataset URL argument.
+const DATA_HELP: &str = "The dataset: a prefix with one folder per class (`<prefix>/<class>/<photo>`, optionally \
+    under `train/` and `validation/`), a JSON Lines manifest (`.jsonl`/`.manifest`, lines like \
+    {\"source-ref\": \"s3://b/a.jpg\", \"class\": \"cat\"}) or a CSV of `key,label`.";
+
 #[derive(Debug, Args)]
 pub struct InspectArgs {
+    #[arg(env = "BESTIARY_DATA", help = DATA_HELP)]
+    pub data: String,
+
     #[command(flatten)]
-    pub data: DataArgs,
+    pub split: SplitArgs,
 
     /// Print the report as JSON (for scripts) instead of a table.
     #[arg(long, env = "BESTIARY_JSON")]
@@ -123,15 +133,9 @@ pub struct InspectArgs {
     pub max_megapixels: f64,
 }
 
-/// Where labelled photos are and how they are split.
+/// How labelled photos are split into training and validation sets.
 #[derive(Debug, Clone, Args)]
-pub struct DataArgs {
-    /// The dataset: a prefix with one folder per class (`<prefix>/<class>/<photo>`, optionally
-    /// under `train/` and `validation/`), a JSON Lines manifest (`.jsonl`/`.manifest`, lines like
-    /// {"source-ref": "s3://b/a.jpg", "class": "cat"}) or a CSV of `key,label`.
-    #[arg(env = "BESTIARY_DATA")]
-    pub data: String,
-
+pub struct SplitArgs {
     /// An explicit validation set (same forms as the dataset) instead of a hash split.
     #[arg(long, env = "BESTIARY_VALIDATION")]
     pub validation: Option<String>,
@@ -149,7 +153,7 @@ pub struct DataArgs {
     pub label_attribute: Option<String>,
 }
 
-impl DataArgs {
+impl SplitArgs {
     pub fn options(&self, global: &GlobalArgs) -> anyhow::Result<DatasetOptions> {
         anyhow::ensure!(
             (0.0..1.0).contains(&self.validation_fraction),
@@ -176,8 +180,11 @@ pub enum BenchCommand {
 
 #[derive(Debug, Args)]
 pub struct BenchLoaderArgs {
+    #[arg(env = "BESTIARY_DATA", help = DATA_HELP)]
+    pub data: String,
+
     #[command(flatten)]
-    pub data: DataArgs,
+    pub split: SplitArgs,
 
     /// Model input side in pixels.
     #[arg(long, env = "BESTIARY_IMAGE_SIZE", default_value_t = 128)]
@@ -205,4 +212,109 @@ pub struct BenchLoaderArgs {
     /// Print the result as JSON.
     #[arg(long, env = "BESTIARY_JSON")]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[arg(long, env = "BESTIARY_DATA", help = DATA_HELP)]
+    pub data: String,
+
+    #[command(flatten)]
+    pub split: SplitArgs,
+
+    /// Where models are stored: versions go to `<out>/<name>/<version>/`, checkpoints to
+    /// `<out>/<name>/training/`.
+    #[arg(long, env = "BESTIARY_OUT")]
+    pub out: String,
+
+    /// Model name (a folder under --out).
+    #[arg(long, env = "BESTIARY_NAME", default_value = "model")]
+    pub name: String,
+
+    /// Network: seed-cnn (the original system's kind of CNN), resnet18, resnet34.
+    #[arg(long, env = "BESTIARY_ARCH", default_value = "seed-cnn")]
+    pub arch: String,
+
+    /// Channels of the seed CNN's first block (doubling per block).
+    #[arg(long, env = "BESTIARY_WIDTH", default_value_t = 32)]
+    pub width: usize,
+
+    /// Blocks of the seed CNN.
+    #[arg(long, env = "BESTIARY_DEPTH", default_value_t = 4)]
+    pub depth: usize,
+
+    /// Side of the square network input, in pixels.
+    #[arg(long, env = "BESTIARY_IMAGE_SIZE", default_value_t = 128)]
+    pub image_size: u32,
+
+    #[arg(long, env = "BESTIARY_EPOCHS", default_value_t = 10)]
+    pub epochs: usize,
+
+    #[arg(long, env = "BESTIARY_BATCH_SIZE", default_value_t = 32)]
+    pub batch_size: usize,
+
+    /// Peak learning rate.
+    #[arg(long, env = "BESTIARY_LR", default_value_t = 2e-3)]
+    pub lr: f64,
+
+    #[arg(long, env = "BESTIARY_WEIGHT_DECAY", default_value_t = 1e-4)]
+    pub weight_decay: f64,
+
+    #[arg(long, env = "BESTIARY_OPTIMIZER", value_enum, default_value_t = OptimizerArg::Adamw)]
+    pub optimizer: OptimizerArg,
+
+    /// SGD momentum.
+    #[arg(long, env = "BESTIARY_MOMENTUM", default_value_t = 0.9)]
+    pub momentum: f64,
+
+    #[arg(long, env = "BESTIARY_SCHEDULE", value_enum, default_value_t = ScheduleArg::Cosine)]
+    pub schedule: ScheduleArg,
+
+    /// Epochs of linear learning-rate warm-up (cosine schedule).
+    #[arg(long, env = "BESTIARY_WARMUP_EPOCHS", default_value_t = 1.0)]
+    pub warmup_epochs: f64,
+
+    #[arg(long, env = "BESTIARY_LABEL_SMOOTHING", default_value_t = 0.1)]
+    pub label_smoothing: f32,
+
+    /// Random resized crops, flips and colour jitter on training photos.
+    #[arg(long, env = "BESTIARY_AUGMENT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub augment: bool,
+
+    /// Stop when validation accuracy has not improved for this many epochs.
+    #[arg(long, env = "BESTIARY_PATIENCE")]
+    pub patience: Option<usize>,
+
+    /// Weight the loss by inverse class frequency (for skewed classes).
+    #[arg(long, env = "BESTIARY_BALANCE_CLASSES")]
+    pub balance_classes: bool,
+
+    /// Seeds weights, shuffling and augmentation: the same seed gives the same model.
+    #[arg(long, env = "BESTIARY_SEED", default_value_t = 42)]
+    pub seed: u64,
+
+    /// Continue the last interrupted run of this model from its checkpoint.
+    #[arg(long, env = "BESTIARY_RESUME")]
+    pub resume: bool,
+
+    /// Cache of decoded photos (default: the user cache folder).
+    #[arg(long, env = "BESTIARY_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// One JSON line per epoch on stdout, and the result as JSON.
+    #[arg(long, env = "BESTIARY_JSON")]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OptimizerArg {
+    Adamw,
+    Sgd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleArg {
+    Cosine,
+    OneCycle,
+    Constant,
 }

@@ -35,7 +35,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             commands::dataset::inspect(global, args).await
         }
         Command::Bench(BenchCommand::Loader(args)) => commands::bench::loader(global, args).await,
-        Command::Train(_) => commands::pending("train", 3),
+        Command::Train(args) => commands::train::train(global, *args).await,
         Command::Eval(_) => commands::pending("eval", 3),
         Command::Export(_) => commands::pending("export", 3),
         Command::Import(_) => commands::pending("import", 3),

@@ -1,6 +1,7 @@
 //! Models as stored artifacts: metadata and versioned folders with a `latest` pointer.
 
 pub mod metadata;
+pub mod onnx;
 pub mod repository;
 
 pub use metadata::{DatasetInfo, InputSpec, METADATA_FILE, ModelMetadata};

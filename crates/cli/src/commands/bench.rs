@@ -25,7 +25,7 @@ struct LoaderBench {
 /// Times one cold epoch (download, decode, cache write) and then cached epochs, with the
 /// trainer's transform, consuming batches as fast as they come.
 pub async fn loader(global: &GlobalArgs, args: BenchLoaderArgs) -> anyhow::Result<ExitCode> {
-    let dataset = Dataset::open(&args.data.data, &args.data.options(global)?, &|_| {}).await?;
+    let dataset = Dataset::open(&args.data, &args.split.options(global)?, &|_| {}).await?;
     let temporary = tempfile::tempdir()?;
     let cache_dir = args
         .cache_dir
@@ -59,7 +59,7 @@ pub async fn loader(global: &GlobalArgs, args: BenchLoaderArgs) -> anyhow::Resul
         cached_seconds += seconds;
     }
     let result = LoaderBench {
-        data: args.data.data.clone(),
+        data: args.data.clone(),
         images: cold_images,
         image_size: args.image_size,
         batch_size: args.batch_size,

@@ -11,7 +11,7 @@ use crate::progress;
 pub async fn inspect(global: &GlobalArgs, args: InspectArgs) -> anyhow::Result<ExitCode> {
     let hidden = global.quiet || args.json;
     let listing = progress::bar(None, "listing", hidden);
-    let dataset = Dataset::open(&args.data.data, &args.data.options(global)?, &|n| {
+    let dataset = Dataset::open(&args.data, &args.split.options(global)?, &|n| {
         listing.set_position(n)
     })
     .await?;

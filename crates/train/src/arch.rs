@@ -1,0 +1,222 @@
+//! The networks Bestiary trains from scratch: the seed CNN of the system it replaces, and
+//! ResNet-18/34 with batch normalisation.
+
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Which network, with its settings, as stored in `model.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ArchitectureConfig {
+    /// `depth` blocks of 3×3 conv + batch norm + ReLU + 2×2 max-pool, channels starting at
+    /// `width` and doubling per block (capped at 8×width), then global average pool and a
+    /// linear head.
+    SeedCnn { width: usize, depth: usize },
+    /// ResNet with basic blocks: 18 or 34 layers.
+    Resnet { layers: usize },
+}
+
+impl ArchitectureConfig {
+    /// Parses the `--arch` names: `seed-cnn`, `resnet18`/`resnet`, `resnet34`.
+    pub fn from_name(name: &str, width: usize, depth: usize) -> Result<Self, String> {
+        match name {
+            "seed-cnn" => Ok(Self::SeedCnn { width, depth }),
+            "resnet" | "resnet18" | "resnet-18" => Ok(Self::Resnet { layers: 18 }),
+            "resnet34" | "resnet-34" => Ok(Self::Resnet { layers: 34 }),
+            other => Err(format!(
+                "unknown architecture '{other}' (seed-cnn, resnet18, resnet34)"
+            )),
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Self::SeedCnn { .. } => "seed-cnn".into(),
+            Self::Resnet { layers } => format!("resnet{layers}"),
+        }
+    }
+
+    pub fn init(&self, classes: usize, device: &Device) -> Classifier {
+        match self {
+            Self::SeedCnn { width, depth } => {
+                Classifier::SeedCnn(SeedCnn::new(*width, *depth, classes, device))
+            }
+            Self::Resnet { layers } => Classifier::Resnet(Resnet::new(*layers, classes, device)),
+        }
+    }
+}
+
+/// Any of the networks, as one module type for the training loop.
+#[derive(Module, Debug)]
+pub enum Classifier {
+    SeedCnn(SeedCnn),
+    Resnet(Resnet),
+}
+
+impl Classifier {
+    /// Logits `[batch, classes]` for images `[batch, 3, size, size]`.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        match self {
+            Self::SeedCnn(net) => net.forward(images),
+            Self::Resnet(net) => net.forward(images),
+        }
+    }
+}
+
+/// Convolution, batch norm and ReLU: the unit every network here is made of.
+#[derive(Module, Debug)]
+pub struct ConvBnRelu {
+    pub conv: Conv2d,
+    pub norm: BatchNorm,
+    relu: Relu,
+}
+
+impl ConvBnRelu {
+    fn new(channels: [usize; 2], kernel: usize, stride: usize, device: &Device) -> Self {
+        let conv = Conv2dConfig::new(channels, [kernel, kernel])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(
+                kernel / 2,
+                kernel / 2,
+                kernel / 2,
+                kernel / 2,
+            ))
+            // The batch norm right after supplies the shift.
+            .with_bias(false)
+            .init(device);
+        Self {
+            conv,
+            norm: BatchNormConfig::new(channels[1]).init(device),
+            relu: Relu::new(),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.relu.forward(self.norm.forward(self.conv.forward(x)))
+    }
+
+    /// Convolution and batch norm without the ReLU (the last unit of a residual branch).
+    fn forward_linear(&self, x: Tensor<4>) -> Tensor<4> {
+        self.norm.forward(self.conv.forward(x))
+    }
+}
+
+/// The original system's kind of network.
+#[derive(Module, Debug)]
+pub struct SeedCnn {
+    pub blocks: Vec<ConvBnRelu>,
+    pool: MaxPool2d,
+    gap: AdaptiveAvgPool2d,
+    pub head: Linear,
+}
+
+impl SeedCnn {
+    pub fn new(width: usize, depth: usize, classes: usize, device: &Device) -> Self {
+        let mut blocks = Vec::with_capacity(depth);
+        let mut channels = 3;
+        for block in 0..depth.max(1) {
+            let out = width.max(1) * (1 << block.min(3));
+            blocks.push(ConvBnRelu::new([channels, out], 3, 1, device));
+            channels = out;
+        }
+        Self {
+            blocks,
+            pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+            gap: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
+            head: LinearConfig::new(channels, classes).init(device),
+        }
+    }
+
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let mut x = images;
+        for block in &self.blocks {
+            x = self.pool.forward(block.forward(x));
+        }
+        let pooled: Tensor<2> = self.gap.forward(x).flatten(1, 3);
+        self.head.forward(pooled)
+    }
+}
+
+/// A basic residual block: two 3×3 convs, with a 1×1 projection on the skip when the shape
+/// changes.
+#[derive(Module, Debug)]
+pub struct BasicBlock {
+    pub first: ConvBnRelu,
+    pub second: ConvBnRelu,
+    pub projection: Option<ConvBnRelu>,
+    relu: Relu,
+}
+
+impl BasicBlock {
+    fn new(channels: [usize; 2], stride: usize, device: &Device) -> Self {
+        let projection = (stride != 1 || channels[0] != channels[1])
+            .then(|| ConvBnRelu::new(channels, 1, stride, device));
+        Self {
+            first: ConvBnRelu::new(channels, 3, stride, device),
+            second: ConvBnRelu::new([channels[1], channels[1]], 3, 1, device),
+            projection,
+            relu: Relu::new(),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let skip = match &self.projection {
+            Some(projection) => projection.forward_linear(x.clone()),
+            None => x.clone(),
+        };
+        let branch = self.second.forward_linear(self.first.forward(x));
+        self.relu.forward(branch + skip)
+    }
+}
+
+/// ResNet-18/34 (He et al. 2016), torchvision layout.
+#[derive(Module, Debug)]
+pub struct Resnet {
+    pub stem: ConvBnRelu,
+    stem_pool: MaxPool2d,
+    pub blocks: Vec<BasicBlock>,
+    gap: AdaptiveAvgPool2d,
+    pub head: Linear,
+}
+
+impl Resnet {
+    pub fn new(layers: usize, classes: usize, device: &Device) -> Self {
+        let counts: [usize; 4] = if layers == 34 {
+            [3, 4, 6, 3]
+        } else {
+            [2, 2, 2, 2]
+        };
+        let mut blocks = Vec::new();
+        let mut channels = 64;
+        for (stage, count) in counts.into_iter().enumerate() {
+            let out = 64 << stage;
+            for index in 0..count {
+                let stride = if stage > 0 && index == 0 { 2 } else { 1 };
+                blocks.push(BasicBlock::new([channels, out], stride, device));
+                channels = out;
+            }
+        }
+        Self {
+            stem: ConvBnRelu::new([3, 64], 7, 2, device),
+            stem_pool: MaxPool2dConfig::new([3, 3])
+                .with_strides([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(),
+            blocks,
+            gap: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
+            head: LinearConfig::new(channels, classes).init(device),
+        }
+    }
+
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let mut x = self.stem_pool.forward(self.stem.forward(images));
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        let pooled: Tensor<2> = self.gap.forward(x).flatten(1, 3);
+        self.head.forward(pooled)
+    }
+}

@@ -1,0 +1,119 @@
+//! Training settings, as given on the command line and recorded in checkpoints and `model.json`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::arch::ArchitectureConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    AdamW,
+    /// SGD with momentum.
+    Sgd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// Linear warm-up, then cosine decay to zero.
+    Cosine,
+    /// One-cycle: warm-up from lr/25 over 30% of the steps, then cosine decay to lr/10⁴.
+    OneCycle,
+    Constant,
+}
+
+/// Everything that decides what a training run computes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub architecture: ArchitectureConfig,
+    pub image_size: u32,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub optimizer: OptimizerKind,
+    /// SGD momentum.
+    pub momentum: f64,
+    pub schedule: Schedule,
+    pub warmup_epochs: f64,
+    pub label_smoothing: f32,
+    pub augment: bool,
+    /// Stop when validation accuracy has not improved for this many epochs.
+    pub patience: Option<usize>,
+    /// Weight the loss by inverse class frequency, for skewed classes.
+    pub balance_classes: bool,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// Learning rate at optimiser step `step` of `total`, with `warmup` warm-up steps.
+    pub fn learning_rate_at(&self, step: usize, total: usize, warmup: usize) -> f64 {
+        let base = self.learning_rate;
+        let total = total.max(1) as f64;
+        let step = step as f64;
+        let cosine = |from: f64, to: f64, progress: f64| {
+            to + (from - to) * 0.5 * (1.0 + (std::f64::consts::PI * progress.clamp(0.0, 1.0)).cos())
+        };
+        match self.schedule {
+            Schedule::Constant => base,
+            Schedule::Cosine => {
+                let warmup = warmup as f64;
+                if step < warmup {
+                    base * (step + 1.0) / warmup
+                } else {
+                    cosine(base, 0.0, (step - warmup) / (total - warmup).max(1.0))
+                }
+            }
+            Schedule::OneCycle => {
+                let peak = (0.3 * total).max(1.0);
+                if step < peak {
+                    base / 25.0 + (base - base / 25.0) * step / peak
+                } else {
+                    cosine(base, base / 1e4, (step - peak) / (total - peak).max(1.0))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(schedule: Schedule) -> TrainConfig {
+        TrainConfig {
+            architecture: ArchitectureConfig::SeedCnn { width: 8, depth: 2 },
+            image_size: 32,
+            epochs: 10,
+            batch_size: 4,
+            learning_rate: 0.1,
+            weight_decay: 0.0,
+            optimizer: OptimizerKind::AdamW,
+            momentum: 0.9,
+            schedule,
+            warmup_epochs: 1.0,
+            label_smoothing: 0.0,
+            augment: false,
+            patience: None,
+            balance_classes: false,
+            seed: 0,
+        }
+    }
+
+    #[test]
+    fn cosine_warms_up_then_decays_to_zero() {
+        let c = config(Schedule::Cosine);
+        assert!((c.learning_rate_at(0, 100, 10) - 0.01).abs() < 1e-12);
+        assert!((c.learning_rate_at(9, 100, 10) - 0.1).abs() < 1e-12);
+        assert!(c.learning_rate_at(50, 100, 10) < 0.1);
+        assert!(c.learning_rate_at(100, 100, 10).abs() < 1e-12);
+    }
+
+    #[test]
+    fn one_cycle_peaks_at_thirty_percent() {
+        let c = config(Schedule::OneCycle);
+        assert!((c.learning_rate_at(0, 100, 0) - 0.004).abs() < 1e-12);
+        assert!((c.learning_rate_at(30, 100, 0) - 0.1).abs() < 1e-9);
+        assert!(c.learning_rate_at(100, 100, 0) < 1e-4);
+    }
+}

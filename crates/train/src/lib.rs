@@ -1,0 +1,9 @@
+//! Training CNN classifiers with burn: architectures, the training loop, checkpoints, artifacts.
+
+pub mod arch;
+pub mod config;
+pub mod trainer;
+
+pub use arch::{ArchitectureConfig, Classifier};
+pub use config::{OptimizerKind, Schedule, TrainConfig};
+pub use trainer::{EpochMetrics, RunState, Silent, TrainError, TrainObserver, TrainOutcome, train};

@@ -1,0 +1,545 @@
+//! The training loop: epochs over the loader, validation, checkpoints that survive `kill -9`, and
+//! the final versioned model artifact.
+
+use std::time::Instant;
+
+use bestiary_dataset::transform::{AugmentConfig, Normalization};
+use bestiary_dataset::{Batch, Dataset, ImageCache, Loader, LoaderConfig, SkippedFile};
+use bestiary_model::{DatasetInfo, InputSpec, ModelMetadata, ModelRepository};
+use bestiary_storage::Store;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{
+    AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig, decay::WeightDecayConfig,
+    momentum::MomentumConfig,
+};
+use burn::prelude::*;
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use serde::{Deserialize, Serialize};
+
+use crate::arch::Classifier;
+use crate::config::{OptimizerKind, TrainConfig};
+
+/// Crop kept by the evaluation transform (the usual 224/256).
+pub const CROP_FRACTION: f32 = 0.875;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Storage(#[from] bestiary_storage::StorageError),
+    #[error(transparent)]
+    Model(#[from] bestiary_model::ModelError),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+/// Figures of one epoch; one JSON line each in `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub validation_loss: Option<f64>,
+    pub validation_accuracy: Option<f64>,
+    pub learning_rate: f64,
+    pub images_per_second: f64,
+    pub seconds: f64,
+}
+
+/// What a run has done so far: written last in every checkpoint, so that it always describes
+/// files that are complete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub config: TrainConfig,
+    pub classes: Vec<String>,
+    pub dataset_fingerprint: String,
+    /// Epochs finished (the next epoch to run).
+    pub epochs_done: usize,
+    pub best_epoch: Option<usize>,
+    pub best_accuracy: Option<f64>,
+    pub history: Vec<EpochMetrics>,
+}
+
+/// Hears about progress: the CLI draws bars from it, tests ignore it.
+pub trait TrainObserver: Send {
+    fn epoch_started(&mut self, _epoch: usize, _epochs: usize, _batches: usize) {}
+    fn batch_finished(&mut self, _loss: f64, _accuracy: f64, _images_per_second: f64) {}
+    fn epoch_finished(&mut self, _metrics: &EpochMetrics) {}
+    /// Stops after the current epoch when true (tests use it to simulate an interruption).
+    fn should_stop(&self) -> bool {
+        false
+    }
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+impl TrainObserver for Silent {}
+
+/// Where a run keeps its checkpoints: `<out>/<name>/training/`.
+fn run_folder(repository: &ModelRepository, name: &str) -> Result<Store> {
+    Ok(repository.store().child(&format!("{name}/training"))?)
+}
+
+/// The result of a finished run.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    pub metadata: ModelMetadata,
+    pub version_url: String,
+    pub state: RunState,
+    pub bad_files: Vec<SkippedFile>,
+}
+
+/// Input preprocessing of the networks trained from scratch.
+pub fn input_spec(image_size: u32) -> InputSpec {
+    InputSpec {
+        image_size,
+        normalization: Normalization::imagenet(),
+        crop_fraction: CROP_FRACTION,
+    }
+}
+
+/// Trains `config` on `dataset` and stores the best epoch as a new version of `name`.
+/// With `resume`, continues from the run's last checkpoint (refusing a different config or
+/// dataset); without, any old checkpoint of `name` is replaced.
+pub async fn train(
+    config: TrainConfig,
+    dataset: &Dataset,
+    repository: &ModelRepository,
+    name: &str,
+    resume: bool,
+    cache: Option<ImageCache>,
+    mut observer: Box<dyn TrainObserver>,
+) -> Result<TrainOutcome> {
+    if dataset.train.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "{} has no training photos",
+            dataset.url
+        )));
+    }
+    let run = run_folder(repository, name)?;
+    let fresh_state = RunState {
+        config: config.clone(),
+        classes: dataset.classes.clone(),
+        dataset_fingerprint: dataset.fingerprint(),
+        epochs_done: 0,
+        best_epoch: None,
+        best_accuracy: None,
+        history: Vec::new(),
+    };
+    let previous = if resume {
+        read_state(&run).await?
+    } else {
+        None
+    };
+    if let Some(previous) = &previous {
+        if previous.config != config {
+            return Err(TrainError::Checkpoint(format!(
+                "the checkpoint in {} was made with other settings; rerun without --resume to start over",
+                run.url()
+            )));
+        }
+        if previous.classes != dataset.classes
+            || previous.dataset_fingerprint != fresh_state.dataset_fingerprint
+        {
+            return Err(TrainError::Checkpoint(format!(
+                "the data changed since the checkpoint in {}; rerun without --resume to start over",
+                run.url()
+            )));
+        }
+    }
+
+    let loader = |samples, augment: bool, shuffle: bool| {
+        let mut loader_config = LoaderConfig::new(config.image_size, config.batch_size);
+        loader_config.normalization = Normalization::imagenet();
+        loader_config.crop_fraction = CROP_FRACTION;
+        loader_config.augment = augment.then(AugmentConfig::default);
+        loader_config.shuffle = shuffle;
+        loader_config.seed = config.seed;
+        loader_config.cache = cache.clone();
+        Loader::new(samples, dataset.stores.clone(), loader_config)
+    };
+    let train_loader = loader(dataset.train.clone(), config.augment, true);
+    let validation_loader = loader(dataset.validation.clone(), false, false);
+    let class_weights = config.balance_classes.then(|| {
+        let counts = dataset.class_counts(&dataset.train);
+        let total: usize = counts.iter().sum();
+        counts
+            .iter()
+            .map(|&c| total as f32 / (counts.len() * c.max(1)) as f32)
+            .collect::<Vec<_>>()
+    });
+
+    let runtime = tokio::runtime::Handle::current();
+    let run_for_loop = run.clone();
+    let (state, best_weights) = tokio::task::spawn_blocking(move || {
+        training_loop(
+            config,
+            previous.unwrap_or(fresh_state),
+            train_loader.clone(),
+            validation_loader.clone(),
+            class_weights,
+            &run_for_loop,
+            &runtime,
+            observer.as_mut(),
+        )
+        .map(|(state, weights)| {
+            (
+                state,
+                weights,
+                train_loader.bad_files(),
+                validation_loader.bad_files(),
+            )
+        })
+    })
+    .await
+    .map_err(|e| TrainError::Invalid(format!("training thread failed: {e}")))?
+    .map(|(state, weights, mut bad, bad_validation)| {
+        bad.extend(bad_validation);
+        ((state, bad), weights)
+    })?;
+    let (state, bad_files) = state;
+
+    // The artifact: best weights, the metrics history and model.json, then `latest`.
+    let mut version = repository.begin(name)?;
+    version.put("weights.safetensors", best_weights).await?;
+    version
+        .put("metrics.jsonl", metrics_lines(&state.history))
+        .await?;
+    let mut metadata = ModelMetadata::new(
+        name,
+        &state.config.architecture.name(),
+        dataset.classes.clone(),
+        input_spec(state.config.image_size),
+    );
+    metadata.architecture_config =
+        serde_json::to_value(&state.config.architecture).expect("architecture serialises");
+    metadata.training = serde_json::to_value(&state.config).expect("config serialises");
+    metadata.dataset = Some(DatasetInfo {
+        url: dataset.url.clone(),
+        fingerprint: state.dataset_fingerprint.clone(),
+        train: dataset.train.len(),
+        validation: dataset.validation.len(),
+    });
+    if let Some(best) = state
+        .best_epoch
+        .and_then(|e| state.history.iter().find(|m| m.epoch == e))
+    {
+        metadata
+            .metrics
+            .insert("best_epoch".into(), best.epoch as f64);
+        metadata
+            .metrics
+            .insert("train_loss".into(), best.train_loss);
+        metadata
+            .metrics
+            .insert("train_accuracy".into(), best.train_accuracy);
+        if let (Some(loss), Some(accuracy)) = (best.validation_loss, best.validation_accuracy) {
+            metadata.metrics.insert("validation_loss".into(), loss);
+            metadata
+                .metrics
+                .insert("validation_accuracy".into(), accuracy);
+        }
+    }
+    metadata
+        .metrics
+        .insert("epochs".into(), state.epochs_done as f64);
+    metadata
+        .metrics
+        .insert("bad_files".into(), bad_files.len() as f64);
+    let version_url = version.url();
+    let metadata = version.commit(metadata).await?;
+    Ok(TrainOutcome {
+        metadata,
+        version_url,
+        state,
+        bad_files,
+    })
+}
+
+fn metrics_lines(history: &[EpochMetrics]) -> Vec<u8> {
+    history
+        .iter()
+        .map(|m| serde_json::to_string(m).expect("metrics serialise") + "\n")
+        .collect::<String>()
+        .into_bytes()
+}
+
+async fn read_state(run: &Store) -> Result<Option<RunState>> {
+    match run.get("state.json").await {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            TrainError::Checkpoint(format!("unreadable {}: {e}", run.url_of("state.json")))
+        }),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn weights_file(epoch: usize) -> String {
+    format!("epoch-{epoch:04}.safetensors")
+}
+
+fn optimizer_file(epoch: usize) -> String {
+    format!("epoch-{epoch:04}.optimizer")
+}
+
+/// Serialises a model's weights as safetensors.
+pub fn weights_to_bytes(model: &Classifier) -> Result<Vec<u8>> {
+    let mut store = SafetensorsStore::from_bytes(None);
+    model
+        .save_into(&mut store)
+        .map_err(|e| TrainError::Checkpoint(format!("cannot serialise weights: {e}")))?;
+    store
+        .get_bytes()
+        .map_err(|e| TrainError::Checkpoint(format!("cannot serialise weights: {e}")))
+}
+
+/// Loads safetensors weights into a freshly initialised model of the same architecture.
+pub fn weights_from_bytes(mut model: Classifier, bytes: Vec<u8>) -> Result<Classifier> {
+    let mut store = SafetensorsStore::from_bytes(Some(bytes));
+    model
+        .load_from(&mut store)
+        .map_err(|e| TrainError::Checkpoint(format!("cannot load weights: {e}")))?;
+    Ok(model)
+}
+
+fn new_optimizer(config: &TrainConfig) -> ModuleOptimizer {
+    match config.optimizer {
+        OptimizerKind::AdamW => AdamWConfig::new()
+            .with_weight_decay(config.weight_decay as f32)
+            .init(),
+        OptimizerKind::Sgd => SgdConfig::new()
+            .with_momentum(Some(
+                MomentumConfig::new()
+                    .with_momentum(config.momentum)
+                    .with_dampening(0.0),
+            ))
+            .with_weight_decay(
+                (config.weight_decay > 0.0)
+                    .then(|| WeightDecayConfig::new(config.weight_decay as f32)),
+            )
+            .init(),
+    }
+}
+
+/// The device training runs on: burn's Flex CPU backend, or CUDA when built with `cuda` and
+/// `BESTIARY_DEVICE=cuda`.
+pub fn training_device() -> Device {
+    #[cfg(feature = "cuda")]
+    if std::env::var("BESTIARY_DEVICE").as_deref() == Ok("cuda") {
+        return Device::cuda(0).autodiff();
+    }
+    Device::flex().autodiff()
+}
+
+fn images_tensor(batch: &Batch, device: &Device) -> Tensor<4> {
+    let size = batch.image_size as usize;
+    Tensor::from_data(
+        TensorData::new(batch.images.clone(), [batch.len(), 3, size, size]),
+        device,
+    )
+}
+
+fn labels_tensor(batch: &Batch, device: &Device) -> Tensor<1, Int> {
+    let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+    Tensor::from_data(TensorData::new(labels, [batch.len()]), device)
+}
+
+fn correct(logits: &Tensor<2>, labels: &[u32]) -> usize {
+    let values: Vec<f32> = logits.to_data().try_to_vec().expect("logits are f32");
+    let classes = values.len() / labels.len().max(1);
+    values
+        .chunks(classes)
+        .zip(labels)
+        .filter(|(row, label)| {
+            let best = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i);
+            best == Some(**label as usize)
+        })
+        .count()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn training_loop(
+    config: TrainConfig,
+    mut state: RunState,
+    train_loader: Loader,
+    validation_loader: Loader,
+    class_weights: Option<Vec<f32>>,
+    run: &Store,
+    runtime: &tokio::runtime::Handle,
+    observer: &mut dyn TrainObserver,
+) -> Result<(RunState, Vec<u8>)> {
+    let device = training_device();
+    device.seed(config.seed);
+    let classes = state.classes.len();
+    let mut model = config.architecture.init(classes, &device);
+    let mut optimizer = new_optimizer(&config);
+    if state.epochs_done > 0 {
+        let last = state.epochs_done - 1;
+        let weights = runtime.block_on(run.get(&weights_file(last)))?;
+        model = weights_from_bytes(model, weights.to_vec())?;
+        let optimizer_state = runtime.block_on(run.get(&optimizer_file(last)))?;
+        optimizer = optimizer
+            .from_bytes(burn::tensor::Bytes::from_bytes_vec(
+                optimizer_state.to_vec(),
+            ))
+            .map_err(|e| TrainError::Checkpoint(format!("cannot load optimizer state: {e}")))?;
+    }
+    let loss_function = CrossEntropyLossConfig::new()
+        .with_smoothing((config.label_smoothing > 0.0).then_some(config.label_smoothing))
+        .with_weights(class_weights)
+        .init(&device);
+
+    let steps_per_epoch = train_loader.batches_per_epoch().max(1);
+    let total_steps = steps_per_epoch * config.epochs;
+    let warmup_steps = (config.warmup_epochs * steps_per_epoch as f64).round() as usize;
+    let mut epochs_without_improvement = match (state.best_epoch, state.epochs_done) {
+        (Some(best), done) => done.saturating_sub(best + 1),
+        (None, done) => done,
+    };
+
+    for epoch in state.epochs_done..config.epochs {
+        observer.epoch_started(epoch, config.epochs, steps_per_epoch);
+        let started = Instant::now();
+        let (mut loss_sum, mut seen, mut right) = (0.0f64, 0usize, 0usize);
+        let mut learning_rate = config.learning_rate;
+        for (step_in_epoch, batch) in train_loader.epoch(epoch as u64).enumerate() {
+            learning_rate = config.learning_rate_at(
+                epoch * steps_per_epoch + step_in_epoch,
+                total_steps,
+                warmup_steps,
+            );
+            let images = images_tensor(&batch, &device);
+            let targets = labels_tensor(&batch, &device);
+            let logits = model.forward(images);
+            let loss = loss_function.forward(logits.clone(), targets);
+            let loss_value: f64 = loss
+                .clone()
+                .into_data()
+                .try_to_vec::<f32>()
+                .expect("loss is f32")[0] as f64;
+            right += correct(&logits, &batch.labels);
+            let gradients = GradientsParams::from_grads(loss.backward(), &model);
+            model = optimizer.step(learning_rate, model, gradients);
+            loss_sum += loss_value * batch.len() as f64;
+            seen += batch.len();
+            observer.batch_finished(
+                loss_sum / seen as f64,
+                right as f64 / seen as f64,
+                seen as f64 / started.elapsed().as_secs_f64(),
+            );
+        }
+        if seen == 0 {
+            return Err(TrainError::Invalid(
+                "no training photo could be read (see the bad files)".into(),
+            ));
+        }
+        let train_seconds = started.elapsed().as_secs_f64();
+        let (validation_loss, validation_accuracy) =
+            validate(&model, &validation_loader, &loss_function, &device, epoch);
+        let metrics = EpochMetrics {
+            epoch,
+            train_loss: loss_sum / seen as f64,
+            train_accuracy: right as f64 / seen as f64,
+            validation_loss,
+            validation_accuracy,
+            learning_rate,
+            images_per_second: seen as f64 / train_seconds,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        // Without a validation set, the last epoch counts as the best.
+        let score = validation_accuracy.unwrap_or(epoch as f64);
+        let improved = state.best_accuracy.is_none_or(|best| score > best);
+        let previous_best = state.best_epoch;
+        if improved {
+            state.best_epoch = Some(epoch);
+            state.best_accuracy = Some(score);
+            epochs_without_improvement = 0;
+        } else {
+            epochs_without_improvement += 1;
+        }
+        state.epochs_done = epoch + 1;
+        state.history.push(metrics.clone());
+
+        // Files first, state last: the state only ever names complete files.
+        let weights = weights_to_bytes(&model)?;
+        let optimizer_bytes = optimizer.into_bytes().map_err(|e| {
+            TrainError::Checkpoint(format!("cannot serialise optimizer state: {e}"))
+        })?;
+        runtime.block_on(async {
+            run.put(&weights_file(epoch), weights).await?;
+            run.put(&optimizer_file(epoch), optimizer_bytes.to_vec())
+                .await?;
+            run.put("metrics.jsonl", metrics_lines(&state.history))
+                .await?;
+            run.put(
+                "state.json",
+                serde_json::to_vec_pretty(&state).expect("state serialises"),
+            )
+            .await?;
+            // Older epochs are no longer needed, except the best one.
+            for old in [epoch.checked_sub(1), previous_best].into_iter().flatten() {
+                if old != epoch && Some(old) != state.best_epoch {
+                    run.delete(&weights_file(old)).await?;
+                    run.delete(&optimizer_file(old)).await?;
+                }
+            }
+            Ok::<_, TrainError>(())
+        })?;
+        observer.epoch_finished(&metrics);
+        if config
+            .patience
+            .is_some_and(|patience| epochs_without_improvement >= patience)
+        {
+            tracing::info!(
+                "early stop: no improvement in validation accuracy for {epochs_without_improvement} epochs"
+            );
+            break;
+        }
+        if observer.should_stop() {
+            break;
+        }
+    }
+    let best = state
+        .best_epoch
+        .ok_or_else(|| TrainError::Invalid("no epoch finished".into()))?;
+    let best_weights = runtime.block_on(run.get(&weights_file(best)))?.to_vec();
+    Ok((state, best_weights))
+}
+
+/// Loss and accuracy on the validation set, in inference mode (batch norm running statistics).
+fn validate(
+    model: &Classifier,
+    loader: &Loader,
+    loss_function: &burn::nn::loss::CrossEntropyLoss,
+    device: &Device,
+    epoch: usize,
+) -> (Option<f64>, Option<f64>) {
+    if loader.samples().is_empty() {
+        return (None, None);
+    }
+    let model = model.valid();
+    let inference_device = device.clone().without_autodiff();
+    let (mut loss_sum, mut seen, mut right) = (0.0, 0usize, 0usize);
+    for batch in loader.epoch(epoch as u64) {
+        let logits = model.forward(images_tensor(&batch, &inference_device));
+        let loss = loss_function.forward(logits.clone(), labels_tensor(&batch, &inference_device));
+        loss_sum += loss.into_data().try_to_vec::<f32>().expect("loss is f32")[0] as f64
+            * batch.len() as f64;
+        right += correct(&logits, &batch.labels);
+        seen += batch.len();
+    }
+    if seen == 0 {
+        return (None, None);
+    }
+    (
+        Some(loss_sum / seen as f64),
+        Some(right as f64 / seen as f64),
+    )
+}

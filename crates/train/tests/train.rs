@@ -1,0 +1,169 @@
+//! Training on small generated photos: it learns, it resumes to the same result, and it stores
+//! a complete model version.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bestiary_dataset::{Dataset, DatasetOptions, ImageCache};
+use bestiary_model::ModelRepository;
+use bestiary_storage::StoreOptions;
+use bestiary_testkit::photos::write_class_folders;
+use bestiary_train::{
+    ArchitectureConfig, EpochMetrics, OptimizerKind, Schedule, Silent, TrainConfig, TrainObserver,
+    train,
+};
+
+fn config(epochs: usize) -> TrainConfig {
+    TrainConfig {
+        architecture: ArchitectureConfig::SeedCnn { width: 8, depth: 2 },
+        image_size: 32,
+        epochs,
+        batch_size: 8,
+        learning_rate: 5e-3,
+        weight_decay: 1e-4,
+        optimizer: OptimizerKind::AdamW,
+        momentum: 0.9,
+        schedule: Schedule::Cosine,
+        warmup_epochs: 0.5,
+        label_smoothing: 0.05,
+        augment: true,
+        patience: None,
+        balance_classes: false,
+        seed: 5,
+    }
+}
+
+async fn dataset(dir: &std::path::Path) -> Dataset {
+    write_class_folders(dir, &["amber", "blue", "green"], 20, (40, 40));
+    Dataset::open(dir.to_str().unwrap(), &DatasetOptions::default(), &|_| {})
+        .await
+        .unwrap()
+}
+
+/// Stops the run after a number of epochs, as an interruption would.
+struct StopAfter(Arc<AtomicUsize>);
+impl TrainObserver for StopAfter {
+    fn epoch_finished(&mut self, _: &EpochMetrics) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+    fn should_stop(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == 0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learns_generated_classes_and_stores_a_version() {
+    let data = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dataset = dataset(data.path()).await;
+    let repository =
+        ModelRepository::open(out.path().to_str().unwrap(), &StoreOptions::default()).unwrap();
+    let cache = ImageCache::new(tempfile::tempdir().unwrap().keep()).unwrap();
+    let outcome = train(
+        config(6),
+        &dataset,
+        &repository,
+        "tiny",
+        false,
+        Some(cache),
+        Box::new(Silent),
+    )
+    .await
+    .unwrap();
+
+    let accuracy = outcome.metadata.metrics["validation_accuracy"];
+    assert!(
+        accuracy >= 0.7,
+        "validation accuracy {accuracy} is not far above chance (0.33): {:?}",
+        outcome.state.history
+    );
+    assert_eq!(outcome.state.history.len(), 6);
+    let version = &outcome.metadata.version;
+    for file in ["model.json", "weights.safetensors", "metrics.jsonl"] {
+        assert!(
+            out.path().join("tiny").join(version).join(file).exists(),
+            "{file} missing"
+        );
+    }
+    assert_eq!(
+        repository.latest("tiny").await.unwrap().as_deref(),
+        Some(version.as_str())
+    );
+    let metadata = repository.metadata("tiny", version).await.unwrap();
+    assert_eq!(metadata.classes, ["amber", "blue", "green"]);
+    assert_eq!(metadata.architecture, "seed-cnn");
+    assert_eq!(metadata.input.image_size, 32);
+    let lines =
+        std::fs::read_to_string(out.path().join("tiny").join(version).join("metrics.jsonl"))
+            .unwrap();
+    assert_eq!(lines.lines().count(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_run_resumes_to_the_same_result() {
+    let data = tempfile::tempdir().unwrap();
+    let dataset = dataset(data.path()).await;
+    let uninterrupted_out = tempfile::tempdir().unwrap();
+    let resumed_out = tempfile::tempdir().unwrap();
+    let open = |dir: &tempfile::TempDir| {
+        ModelRepository::open(dir.path().to_str().unwrap(), &StoreOptions::default()).unwrap()
+    };
+
+    let whole = train(
+        config(4),
+        &dataset,
+        &open(&uninterrupted_out),
+        "m",
+        false,
+        None,
+        Box::new(Silent),
+    )
+    .await
+    .unwrap();
+    let stopper = Box::new(StopAfter(Arc::new(AtomicUsize::new(2))));
+    let first_half = train(
+        config(4),
+        &dataset,
+        &open(&resumed_out),
+        "m",
+        false,
+        None,
+        stopper,
+    )
+    .await
+    .unwrap();
+    assert_eq!(first_half.state.epochs_done, 2);
+    let resumed = train(
+        config(4),
+        &dataset,
+        &open(&resumed_out),
+        "m",
+        true,
+        None,
+        Box::new(Silent),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resumed.state.epochs_done, 4);
+
+    for (a, b) in whole.state.history.iter().zip(&resumed.state.history) {
+        assert!((a.train_loss - b.train_loss).abs() < 1e-3, "{a:?} vs {b:?}");
+        assert_eq!(
+            a.validation_accuracy, b.validation_accuracy,
+            "{a:?} vs {b:?}"
+        );
+    }
+    // A different configuration is refused rather than silently mixed in.
+    let error = train(
+        config(5),
+        &dataset,
+        &open(&resumed_out),
+        "m",
+        true,
+        None,
+        Box::new(Silent),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("other settings"), "{error}");
+}
