@@ -39,6 +39,23 @@ impl ArchitectureConfig {
         }
     }
 
+    /// A freshly initialised network whose weights depend only on `seed`. Burn draws initial
+    /// weights from one random generator per device, so seeding and drawing happen under a
+    /// process-wide lock: concurrent runs (tests, several trainings in one server) would
+    /// otherwise interleave their draws and lose reproducibility.
+    pub fn init_seeded(&self, classes: usize, device: &Device, seed: u64) -> Classifier {
+        static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = DEVICE_RNG
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        device.seed(seed);
+        let model = self.init(classes, device);
+        // Parameters are created lazily, on first use; draw them all now, under the lock.
+        model.visit(&mut Materialize);
+        model
+    }
+
+    /// A network with weights from the device's random generator as it stands.
     pub fn init(&self, classes: usize, device: &Device) -> Classifier {
         match self {
             Self::SeedCnn { width, depth } => {
@@ -49,7 +66,18 @@ impl ArchitectureConfig {
     }
 }
 
+/// Reads every parameter once, which makes burn create the lazily initialised ones.
+struct Materialize;
+
+impl burn::module::ModuleVisitor for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+        let _ = param.val();
+    }
+}
+
 /// Any of the networks, as one module type for the training loop.
+// One classifier exists per run, so the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Classifier {
     SeedCnn(SeedCnn),

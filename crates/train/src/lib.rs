@@ -2,6 +2,7 @@
 
 pub mod arch;
 pub mod config;
+pub mod export;
 pub mod trainer;
 
 pub use arch::{ArchitectureConfig, Classifier};

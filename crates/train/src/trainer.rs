@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::arch::Classifier;
 use crate::config::{OptimizerKind, TrainConfig};
+use crate::export::export_onnx;
 
 /// Crop kept by the evaluation transform (the usual 224/256).
 pub const CROP_FRACTION: f32 = 0.875;
@@ -202,18 +203,30 @@ pub async fn train(
     })?;
     let (state, bad_files) = state;
 
-    // The artifact: best weights, the metrics history and model.json, then `latest`.
+    // The artifact: best weights, their ONNX graph, the metrics history and model.json, then
+    // `latest`.
     let mut version = repository.begin(name)?;
-    version.put("weights.safetensors", best_weights).await?;
-    version
-        .put("metrics.jsonl", metrics_lines(&state.history))
-        .await?;
     let mut metadata = ModelMetadata::new(
         name,
         &state.config.architecture.name(),
         dataset.classes.clone(),
         input_spec(state.config.image_size),
     );
+    metadata.version = version.version.clone();
+    let best_model = weights_from_bytes(
+        state
+            .config
+            .architecture
+            .init(dataset.classes.len(), &Device::flex()),
+        best_weights.clone(),
+    )?;
+    let onnx = export_onnx(&best_model.valid(), &metadata)
+        .map_err(|e| TrainError::Invalid(format!("ONNX export failed: {e}")))?;
+    version.put("weights.safetensors", best_weights).await?;
+    version.put("model.onnx", onnx).await?;
+    version
+        .put("metrics.jsonl", metrics_lines(&state.history))
+        .await?;
     metadata.architecture_config =
         serde_json::to_value(&state.config.architecture).expect("architecture serialises");
     metadata.training = serde_json::to_value(&state.config).expect("config serialises");
@@ -376,9 +389,10 @@ fn training_loop(
     observer: &mut dyn TrainObserver,
 ) -> Result<(RunState, Vec<u8>)> {
     let device = training_device();
-    device.seed(config.seed);
     let classes = state.classes.len();
-    let mut model = config.architecture.init(classes, &device);
+    let mut model = config
+        .architecture
+        .init_seeded(classes, &device, config.seed);
     let mut optimizer = new_optimizer(&config);
     if state.epochs_done > 0 {
         let last = state.epochs_done - 1;

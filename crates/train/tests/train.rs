@@ -79,7 +79,12 @@ async fn learns_generated_classes_and_stores_a_version() {
     );
     assert_eq!(outcome.state.history.len(), 6);
     let version = &outcome.metadata.version;
-    for file in ["model.json", "weights.safetensors", "metrics.jsonl"] {
+    for file in [
+        "model.json",
+        "weights.safetensors",
+        "model.onnx",
+        "metrics.jsonl",
+    ] {
         assert!(
             out.path().join("tiny").join(version).join(file).exists(),
             "{file} missing"
@@ -166,4 +171,94 @@ async fn an_interrupted_run_resumes_to_the_same_result() {
     .await
     .unwrap_err();
     assert!(error.to_string().contains("other settings"), "{error}");
+}
+
+/// Runs an ONNX model with tract (a reference runtime independent of burn) on `input`.
+fn run_onnx(bytes: &[u8], input: Vec<f32>, batch: usize, size: usize) -> Vec<f32> {
+    use tract_onnx::prelude::*;
+    let model = tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])
+        .unwrap()
+        .with_input_fact(0, f32::fact([batch, 3, size, size]).into())
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let tensor = tract_ndarray::Array4::from_shape_vec((batch, 3, size, size), input)
+        .unwrap()
+        .into_tensor();
+    let outputs = model.run(tvec!(tensor.into())).unwrap();
+    outputs[0]
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect()
+}
+
+#[test]
+fn exported_onnx_agrees_with_burn() {
+    use bestiary_model::ModelMetadata;
+    use bestiary_train::export::export_onnx;
+    use burn::prelude::*;
+    use rand::{Rng, SeedableRng};
+
+    for (architecture, size) in [
+        (ArchitectureConfig::SeedCnn { width: 8, depth: 3 }, 32usize),
+        (ArchitectureConfig::Resnet { layers: 18 }, 64),
+    ] {
+        let device = Device::flex().autodiff();
+        let mut model = architecture.init_seeded(4, &device, 3);
+        // A few training steps move the batch-norm statistics away from their initial values,
+        // so that folding them into the convolutions is really exercised.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut random = |n: usize| {
+            (0..n)
+                .map(|_| rng.random_range(-1.0f32..1.0))
+                .collect::<Vec<_>>()
+        };
+        let mut optimizer = burn::optim::AdamWConfig::new().init();
+        for _ in 0..3 {
+            let images = Tensor::<4>::from_data(
+                TensorData::new(random(4 * 3 * size * size), [4, 3, size, size]),
+                &device,
+            );
+            let loss = model.forward(images).powi_scalar(2).mean();
+            let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &model);
+            model = optimizer.step(1e-2, model, grads);
+        }
+        let model = model.valid();
+        let input = random(2 * 3 * size * size);
+        let plain = device.clone().without_autodiff();
+        let expected: Vec<f32> = model
+            .forward(Tensor::from_data(
+                TensorData::new(input.clone(), [2, 3, size, size]),
+                &plain,
+            ))
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        let metadata = ModelMetadata::new(
+            "m",
+            &architecture.name(),
+            vec!["a".into(), "b".into(), "c".into(), "d".into()],
+            bestiary_train::trainer::input_spec(size as u32),
+        );
+        let onnx = export_onnx(&model, &metadata).unwrap();
+        let actual = run_onnx(&onnx, input, 2, size);
+        let max_diff = expected
+            .iter()
+            .zip(&actual)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        let scale = expected.iter().map(|v| v.abs()).fold(1.0f32, f32::max);
+        assert_eq!(expected.len(), actual.len());
+        // Float32 noise grows with the logits' size: the bound is relative to the largest.
+        assert!(
+            max_diff / scale < 1e-5,
+            "{}: max abs diff {max_diff} between burn and ONNX logits of size up to {scale}",
+            architecture.name()
+        );
+    }
 }

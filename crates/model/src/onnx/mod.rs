@@ -20,9 +20,10 @@ use proto::{
     StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
-/// ONNX IR version 8 (ONNX 1.10+): new enough for opset 13, old enough for every runtime we serve with.
+/// IR version 8 (ONNX 1.10); opset 13 alone would need only 7, but 8 is what current tools write.
 const IR_VERSION: i64 = 8;
-/// Opset 13 is where Clip takes its bounds as inputs and Softmax works on a single axis.
+/// Opset 13: Softmax normalises exactly one axis (earlier opsets flattened from `axis` on), and
+/// Clip takes its bounds as inputs (since opset 11).
 const OPSET_VERSION: i64 = 13;
 const PRODUCER_NAME: &str = "bestiary";
 /// The symbolic batch dimension, so one exported file serves any batch size.
@@ -96,6 +97,10 @@ impl GraphBuilder {
             error: None,
         };
         let shape = vec![channels, height, width];
+        if input_name.is_empty() {
+            // ONNX reads an empty name as "optional input left out".
+            builder.fail(invalid("graph input", "the name must not be empty"));
+        }
         if shape.iter().any(|&d| d <= 0) {
             builder.fail(invalid(
                 input_name,
@@ -107,6 +112,7 @@ impl GraphBuilder {
         builder
     }
 
+    /// The graph's image input, to feed the first layer.
     pub fn input(&self) -> Value {
         self.input.clone()
     }
@@ -134,6 +140,7 @@ impl GraphBuilder {
         self.settle(name, result)
     }
 
+    /// Element-wise `max(x, 0)`.
     pub fn relu(&mut self, x: &Value) -> Value {
         let name = self.fresh_name("relu");
         let result = self
@@ -162,6 +169,7 @@ impl GraphBuilder {
         self.settle(name, result)
     }
 
+    /// Averages each channel over its whole plane: C,H,W becomes C,1,1.
     pub fn global_average_pool(&mut self, x: &Value) -> Value {
         let name = self.fresh_name("global_average_pool");
         let result = self.shape_of(x).and_then(|shape| match shape.as_slice() {
@@ -184,7 +192,10 @@ impl GraphBuilder {
     pub fn flatten(&mut self, x: &Value) -> Value {
         let name = self.fresh_name("flatten");
         let result = self.shape_of(x).and_then(|shape| {
-            let features = shape.iter().product();
+            let features = shape
+                .iter()
+                .try_fold(1i64, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| invalid(&name, format!("{shape:?} has too many elements")))?;
             self.push_node(
                 &name,
                 "Flatten",
@@ -338,7 +349,7 @@ impl GraphBuilder {
                 format!("group {group} must be positive and divide {out_channels} output channels"),
             ));
         }
-        if group_channels * group != channels {
+        if group_channels.checked_mul(group) != Some(channels) {
             return Err(invalid(
                 name,
                 format!(
@@ -504,6 +515,10 @@ impl GraphBuilder {
     }
 
     fn claim(&mut self, name: &str) -> Result<(), ExportError> {
+        if name.is_empty() {
+            // ONNX reads an empty name as "optional input left out".
+            return Err(invalid("graph output", "the name must not be empty"));
+        }
         if self.names.insert(name.to_owned()) {
             Ok(())
         } else {
@@ -530,6 +545,7 @@ impl GraphBuilder {
     }
 
     /// Appends a single-output node whose output value takes the node's (already claimed) name.
+    /// Always `Ok`: it returns a `Result` only so that layer bodies can end with it.
     fn push_node(
         &mut self,
         name: &str,
@@ -613,6 +629,7 @@ pub fn fold_batch_norm(
         .map(|(&g, &v)| g / (v + eps).sqrt())
         .collect();
     let per_output = weight.len().checked_div(channels).unwrap_or(0);
+    // `chunks` needs a non-zero size; an empty weight yields no chunks whatever the size.
     let folded_weight = weight
         .chunks(per_output.max(1))
         .zip(&scale)
@@ -777,7 +794,15 @@ fn window_output(
             ),
         ));
     }
-    let padded = size + pad_begin + pad_end;
+    let Some(padded) = size
+        .checked_add(pad_begin)
+        .and_then(|sum| sum.checked_add(pad_end))
+    else {
+        return Err(invalid(
+            node,
+            format!("pads {pad_begin}/{pad_end} are too large"),
+        ));
+    };
     if padded < kernel {
         return Err(invalid(
             node,
@@ -1026,6 +1051,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(error, ExportError::Invalid { .. }));
+    }
+
+    #[test]
+    fn empty_names_are_rejected() {
+        let mut graph = GraphBuilder::new("g", "", 1, 1, 1);
+        let y = graph.flatten(&graph.input());
+        graph.output(&y, "y", 1);
+        assert!(matches!(
+            graph.finish("0", &[]),
+            Err(ExportError::Invalid { .. })
+        ));
+
+        let mut graph = GraphBuilder::new("g", "input", 1, 1, 1);
+        let y = graph.flatten(&graph.input());
+        graph.output(&y, "", 1);
+        assert!(matches!(
+            graph.finish("0", &[]),
+            Err(ExportError::Invalid { .. })
+        ));
     }
 
     #[test]
