@@ -225,7 +225,7 @@ fn help_lists_every_command() {
 
 #[test]
 fn commands_not_built_yet_say_so() {
-    let output = bestiary(&["train", "--data", "x"], &[]);
+    let output = bestiary(&["export", "--model", "x"], &[]);
     assert_eq!(output.status.code(), Some(3));
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("not built yet (tracked in issue #3)")
@@ -253,4 +253,75 @@ fn loader_bench_reports_throughput() {
     assert_eq!(result["images"], 16);
     assert!(result["cold_images_per_second"].as_f64().unwrap() > 0.0);
     assert!(result["cached_images_per_second"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn train_reads_and_writes_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    write_class_folders(dir.path(), &["amber", "blue"], 10, (40, 40));
+    let env = s3();
+    let prefix = unique_prefix("cli-train");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(upload_dir(
+        dir.path(),
+        &env.store(&format!("{prefix}/data")),
+    ));
+    let cache = tempfile::tempdir().unwrap();
+    let output = bestiary(
+        &[
+            "train",
+            "--data",
+            &env.url(&format!("{prefix}/data")),
+            "--out",
+            &env.url(&format!("{prefix}/models")),
+            "--name",
+            "tiny",
+            "--arch",
+            "seed-cnn",
+            "--width",
+            "8",
+            "--depth",
+            "2",
+            "--image-size",
+            "32",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--json",
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+        ],
+        &env.child_env(),
+    );
+    let text = stdout(&output);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "two epoch lines and the result:\n{text}");
+    assert_eq!(lines[0]["epoch"], 0);
+    let model = lines[2]["model"].as_str().unwrap();
+    assert!(
+        model.starts_with(&env.url(&format!("{prefix}/models/tiny/"))),
+        "{model}"
+    );
+    let store = env.store(&format!("{prefix}/models/tiny"));
+    let version = lines[2]["version"].as_str().unwrap();
+    for file in [
+        "model.json",
+        "model.onnx",
+        "weights.safetensors",
+        "metrics.jsonl",
+    ] {
+        assert!(
+            runtime
+                .block_on(store.exists(&format!("{version}/{file}")))
+                .unwrap(),
+            "{file}"
+        );
+    }
+    let latest: serde_json::Value =
+        serde_json::from_slice(&runtime.block_on(store.get("latest")).unwrap()).unwrap();
+    assert_eq!(latest["version"], version);
 }
