@@ -74,8 +74,10 @@ pub enum Command {
     ///
     /// Example: bestiary train --data s3://photos/animals --out s3://models --arch seed-cnn --epochs 10
     Train(Box<TrainArgs>),
-    /// Evaluate a model on a labelled dataset.
-    Eval(PendingArgs),
+    /// Evaluate a model on a labelled dataset: top-1/top-5, per-class figures, confusion matrix.
+    ///
+    /// Example: bestiary eval --model s3://models/animals --data s3://photos/animals --report report.html
+    Eval(EvalArgs),
     /// Serve a model over HTTP (native JSON, SageMaker and Open Inference Protocol APIs).
     Serve(PendingArgs),
     /// Classify every photo under a bucket prefix, resumably.
@@ -304,6 +306,42 @@ pub struct TrainArgs {
     /// One JSON line per epoch on stdout, and the result as JSON.
     #[arg(long, env = "BESTIARY_JSON")]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The model: `<root>/<name>` (its latest version), `<root>/<name>/latest` or
+    /// `<root>/<name>/<version>`.
+    #[arg(long, env = "BESTIARY_MODEL")]
+    pub model: String,
+
+    #[arg(long, env = "BESTIARY_DATA", help = DATA_HELP)]
+    pub data: String,
+
+    #[command(flatten)]
+    pub split: SplitArgs,
+
+    /// Photos to evaluate on: all of them, or only the validation split.
+    #[arg(long = "split", env = "BESTIARY_EVAL_SPLIT", value_enum, default_value_t = EvalSplitArg::All)]
+    pub which: EvalSplitArg,
+
+    /// Print the evaluation as JSON instead of tables.
+    #[arg(long, env = "BESTIARY_JSON")]
+    pub json: bool,
+
+    /// Also write an HTML report (charts, confusion matrix, worst mistakes) to this file or URL.
+    #[arg(long, env = "BESTIARY_REPORT")]
+    pub report: Option<String>,
+
+    /// Cache of decoded photos (default: the user cache folder).
+    #[arg(long, env = "BESTIARY_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EvalSplitArg {
+    All,
+    Validation,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -2,9 +2,12 @@
 
 pub mod arch;
 pub mod config;
+pub mod eval;
 pub mod export;
+pub mod report;
 pub mod trainer;
 
 pub use arch::{ArchitectureConfig, Classifier};
 pub use config::{OptimizerKind, Schedule, TrainConfig};
+pub use eval::{EvalReport, EvalSplit, Predictions, evaluate};
 pub use trainer::{EpochMetrics, RunState, Silent, TrainError, TrainObserver, TrainOutcome, train};

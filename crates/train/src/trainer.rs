@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::arch::Classifier;
 use crate::config::{OptimizerKind, TrainConfig};
+use crate::eval::evaluate_weights;
 use crate::export::export_onnx;
+use crate::report::render_html;
 
 /// Crop kept by the evaluation transform (the usual 224/256).
 pub const CROP_FRACTION: f32 = 0.875;
@@ -222,7 +224,9 @@ pub async fn train(
     )?;
     let onnx = export_onnx(&best_model.valid(), &metadata)
         .map_err(|e| TrainError::Invalid(format!("ONNX export failed: {e}")))?;
-    version.put("weights.safetensors", best_weights).await?;
+    version
+        .put("weights.safetensors", best_weights.clone())
+        .await?;
     version.put("model.onnx", onnx).await?;
     version
         .put("metrics.jsonl", metrics_lines(&state.history))
@@ -255,6 +259,31 @@ pub async fn train(
                 .metrics
                 .insert("validation_accuracy".into(), accuracy);
         }
+    }
+    // The best model's evaluation on the validation photos, in the version it describes.
+    if !dataset.validation.is_empty() {
+        let report = evaluate_weights(
+            &state.config.architecture,
+            best_weights.clone(),
+            &metadata,
+            &dataset.url,
+            dataset.validation.clone(),
+            dataset.stores.clone(),
+            cache.clone(),
+        )
+        .await?;
+        version
+            .put("report.html", render_html(&report, &state.history))
+            .await?;
+        version
+            .put(
+                "eval.json",
+                serde_json::to_vec_pretty(&report).expect("report serialises"),
+            )
+            .await?;
+        metadata
+            .metrics
+            .insert("validation_top1".into(), report.top1);
     }
     metadata
         .metrics

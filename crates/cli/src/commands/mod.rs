@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod dataset;
+pub mod eval;
 pub mod train;
 
 use std::process::ExitCode;

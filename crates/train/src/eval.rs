@@ -1,0 +1,461 @@
+//! Evaluating a classifier on labelled photos: predictions, accuracy, per-class figures,
+//! confusion matrix and worst mistakes.
+
+use bestiary_dataset::{Dataset, ImageCache, Loader, LoaderConfig, Sample, SkippedFile};
+use bestiary_model::{ModelMetadata, resolve};
+use bestiary_storage::{Store, StoreOptions};
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use serde::Serialize;
+
+use crate::arch::{ArchitectureConfig, Classifier};
+use crate::trainer::{EpochMetrics, Result, TrainError, training_device, weights_from_bytes};
+
+/// Photos per inference batch: large enough to keep the backend busy, small enough for any
+/// input size on a CPU.
+const EVAL_BATCH: usize = 32;
+
+/// How many of the most confident mistakes a report lists.
+const WORST_MISTAKES: usize = 20;
+
+/// What a model said about each photo it could read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Predictions {
+    pub ids: Vec<String>,
+    /// True labels, as indices into the model's classes.
+    pub labels: Vec<usize>,
+    /// Softmax over the model's classes, one row per photo.
+    pub probabilities: Vec<Vec<f32>>,
+}
+
+/// Which photos of a dataset to evaluate on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvalSplit {
+    All,
+    Validation,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassMetrics {
+    pub name: String,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    /// Photos whose true label is this class.
+    pub support: usize,
+}
+
+/// A wrong prediction, with the probability the model gave its (wrong) answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Mistake {
+    pub id: String,
+    pub true_label: String,
+    pub predicted_label: String,
+    pub score: f64,
+}
+
+/// How well a model did on a set of photos; `eval.json` in a model version.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalReport {
+    pub model: String,
+    pub version: String,
+    pub dataset: String,
+    pub images: usize,
+    pub top1: f64,
+    pub top5: f64,
+    /// The k of `top5`: 5, or fewer when the model has fewer classes.
+    pub top_k: usize,
+    pub classes: Vec<ClassMetrics>,
+    /// Mean F1 over the classes that occur among the true or predicted labels.
+    pub macro_f1: f64,
+    /// `confusion[true][predicted]`, in the model's class order.
+    pub confusion: Vec<Vec<usize>>,
+    /// The most confident wrong predictions, most confident first.
+    pub worst_mistakes: Vec<Mistake>,
+    pub bad_files: Vec<SkippedFile>,
+}
+
+/// Index of the largest value; the first one on ties, so that ranks below agree with it.
+fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Position of `label` when the classes are sorted by probability, ties broken by index as
+/// `argmax` does (rank 0 is the top-1 prediction).
+fn rank_of(row: &[f32], label: usize) -> usize {
+    let p = row.get(label).copied().unwrap_or(f32::NEG_INFINITY);
+    row.iter()
+        .enumerate()
+        .filter(|&(j, &q)| q > p || (q == p && j < label))
+        .count()
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+impl EvalReport {
+    /// The figures of `predictions` over `classes` (the model's, in output order).
+    pub fn from_predictions(
+        model: &str,
+        version: &str,
+        dataset: &str,
+        classes: &[String],
+        predictions: &Predictions,
+        bad_files: Vec<SkippedFile>,
+    ) -> Self {
+        let n = classes.len();
+        let top_k = n.min(5);
+        let mut confusion = vec![vec![0usize; n]; n];
+        let (mut top1, mut topk) = (0usize, 0usize);
+        let mut mistakes = Vec::new();
+        for ((id, &label), row) in predictions
+            .ids
+            .iter()
+            .zip(&predictions.labels)
+            .zip(&predictions.probabilities)
+        {
+            let predicted = argmax(row);
+            if let Some(cell) = confusion.get_mut(label).and_then(|r| r.get_mut(predicted)) {
+                *cell += 1;
+            }
+            let rank = rank_of(row, label);
+            top1 += usize::from(rank == 0);
+            topk += usize::from(rank < top_k);
+            if predicted != label {
+                let name = |i: usize| classes.get(i).cloned().unwrap_or_else(|| i.to_string());
+                mistakes.push(Mistake {
+                    id: id.clone(),
+                    true_label: name(label),
+                    predicted_label: name(predicted),
+                    score: row.get(predicted).copied().unwrap_or(0.0) as f64,
+                });
+            }
+        }
+        mistakes.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+        mistakes.truncate(WORST_MISTAKES);
+
+        let per_class: Vec<ClassMetrics> = (0..n)
+            .map(|c| {
+                let right = confusion[c][c];
+                let support: usize = confusion[c].iter().sum();
+                let predicted: usize = confusion.iter().map(|row| row[c]).sum();
+                let precision = ratio(right, predicted);
+                let recall = ratio(right, support);
+                let f1 = if precision + recall > 0.0 {
+                    2.0 * precision * recall / (precision + recall)
+                } else {
+                    0.0
+                };
+                ClassMetrics {
+                    name: classes[c].clone(),
+                    precision,
+                    recall,
+                    f1,
+                    support,
+                }
+            })
+            .collect();
+        // Classes a dataset does not contain and the model never predicts say nothing about the
+        // model; averaging their zeros in would punish evaluating on a subset of classes.
+        let present: Vec<f64> = per_class
+            .iter()
+            .enumerate()
+            .filter(|(c, m)| m.support > 0 || confusion.iter().any(|row| row[*c] > 0))
+            .map(|(_, m)| m.f1)
+            .collect();
+        let macro_f1 = if present.is_empty() {
+            0.0
+        } else {
+            present.iter().sum::<f64>() / present.len() as f64
+        };
+        let images = predictions.labels.len();
+        Self {
+            model: model.to_string(),
+            version: version.to_string(),
+            dataset: dataset.to_string(),
+            images,
+            top1: ratio(top1, images),
+            top5: ratio(topk, images),
+            top_k,
+            classes: per_class,
+            macro_f1,
+            confusion,
+            worst_mistakes: mistakes,
+            bad_files,
+        }
+    }
+}
+
+/// A loader with the evaluation transform (centre crop, no augmentation, in order) of a model.
+pub fn eval_loader(
+    metadata: &ModelMetadata,
+    samples: Vec<Sample>,
+    stores: Vec<Store>,
+    cache: Option<ImageCache>,
+) -> Loader {
+    let mut config = LoaderConfig::new(metadata.input.image_size, EVAL_BATCH);
+    config.normalization = metadata.input.normalization;
+    config.crop_fraction = metadata.input.crop_fraction;
+    config.augment = None;
+    config.shuffle = false;
+    config.cache = cache;
+    Loader::new(samples, stores, config)
+}
+
+/// Runs `model` in inference mode over `loader`. Blocks: call it off the async runtime.
+pub fn predict(model: &Classifier, loader: &Loader, device: &Device) -> Result<Predictions> {
+    let model = model.valid();
+    let mut predictions = Predictions::default();
+    for batch in loader.epoch(0) {
+        let size = batch.image_size as usize;
+        let images = Tensor::<4>::from_data(
+            TensorData::new(batch.images.clone(), [batch.len(), 3, size, size]),
+            device,
+        );
+        let probabilities: Vec<f32> = softmax(model.forward(images), 1)
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| TrainError::Invalid(format!("unexpected model output: {e:?}")))?;
+        let classes = probabilities.len() / batch.len().max(1);
+        for (row, &index) in probabilities.chunks(classes.max(1)).zip(&batch.samples) {
+            let sample = &loader.samples()[index];
+            predictions.ids.push(sample.id.clone());
+            predictions.labels.push(sample.label);
+            predictions.probabilities.push(row.to_vec());
+        }
+    }
+    Ok(predictions)
+}
+
+/// Evaluates `weights` of `architecture` on `samples`, whose labels must already be indices into
+/// `metadata.classes`.
+pub(crate) async fn evaluate_weights(
+    architecture: &ArchitectureConfig,
+    weights: Vec<u8>,
+    metadata: &ModelMetadata,
+    dataset_url: &str,
+    samples: Vec<Sample>,
+    stores: Vec<Store>,
+    cache: Option<ImageCache>,
+) -> Result<EvalReport> {
+    let loader = eval_loader(metadata, samples, stores, cache);
+    let architecture = architecture.clone();
+    let classes = metadata.classes.len();
+    let blocking_loader = loader.clone();
+    // The loader's blocking iteration must not run on an async worker thread.
+    let predictions = tokio::task::spawn_blocking(move || {
+        let device = training_device().without_autodiff();
+        let model = weights_from_bytes(architecture.init(classes, &device), weights)?;
+        predict(&model, &blocking_loader, &device)
+    })
+    .await
+    .map_err(|e| TrainError::Invalid(format!("evaluation thread failed: {e}")))??;
+    Ok(EvalReport::from_predictions(
+        &metadata.name,
+        &metadata.version,
+        dataset_url,
+        &metadata.classes,
+        &predictions,
+        loader.bad_files(),
+    ))
+}
+
+/// Evaluates the model at `model_url` (`<root>/<name>[/<version>|/latest]`) on `data`.
+pub async fn evaluate(
+    model_url: &str,
+    data: &Dataset,
+    which: EvalSplit,
+    store: &StoreOptions,
+    cache: Option<ImageCache>,
+) -> Result<EvalReport> {
+    let (repository, name, version) = resolve(model_url, store).await?;
+    let metadata = repository.metadata(&name, &version).await?;
+    let architecture: ArchitectureConfig =
+        serde_json::from_value(metadata.architecture_config.clone()).map_err(|e| {
+            TrainError::Invalid(format!(
+                "model {name} {version} has no architecture this bestiary can rebuild ({}): {e}",
+                metadata.architecture
+            ))
+        })?;
+    let weights = repository
+        .file(&name, &version, "weights.safetensors")
+        .await?
+        .to_vec();
+    // Dataset labels index the dataset's classes; the model may order (or outnumber) them
+    // differently.
+    let mapping = data
+        .classes
+        .iter()
+        .map(|class| {
+            metadata
+                .classes
+                .iter()
+                .position(|c| c == class)
+                .ok_or_else(|| {
+                    TrainError::Invalid(format!(
+                        "the dataset class '{class}' is not one of the model's classes ({})",
+                        metadata.classes.join(", ")
+                    ))
+                })
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    let chosen: Vec<&Sample> = match which {
+        EvalSplit::All => data.train.iter().chain(&data.validation).collect(),
+        EvalSplit::Validation => data.validation.iter().collect(),
+    };
+    let samples = chosen
+        .into_iter()
+        .map(|sample| {
+            let mut sample = sample.clone();
+            sample.label = *mapping.get(sample.label).ok_or_else(|| {
+                TrainError::Invalid(format!("{} has a label outside its classes", sample.id))
+            })?;
+            Ok(sample)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    evaluate_weights(
+        &architecture,
+        weights,
+        &metadata,
+        &data.url,
+        samples,
+        data.stores.clone(),
+        cache,
+    )
+    .await
+}
+
+/// The per-epoch figures stored with a model version (empty for imported models).
+pub async fn training_history(model_url: &str, store: &StoreOptions) -> Result<Vec<EpochMetrics>> {
+    let (repository, name, version) = resolve(model_url, store).await?;
+    let bytes = match repository.file(&name, &version, "metrics.jsonl").await {
+        Ok(bytes) => bytes,
+        Err(bestiary_model::ModelError::Storage(e)) if e.is_not_found() => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    // A damaged history only costs the curves, not the evaluation.
+    Ok(String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classes() -> Vec<String> {
+        ["cat", "dog", "fox"].map(String::from).to_vec()
+    }
+
+    /// Six photos: cats 2/3 right (one taken for a dog), dogs 1/2 right (one taken for a cat),
+    /// the one fox right.
+    fn predictions() -> Predictions {
+        let rows: [(&str, usize, [f32; 3]); 6] = [
+            ("c1", 0, [0.8, 0.1, 0.1]),
+            ("c2", 0, [0.6, 0.3, 0.1]),
+            ("c3", 0, [0.3, 0.6, 0.1]),
+            ("d1", 1, [0.1, 0.7, 0.2]),
+            ("d2", 1, [0.9, 0.05, 0.05]),
+            ("f1", 2, [0.2, 0.2, 0.6]),
+        ];
+        Predictions {
+            ids: rows.iter().map(|r| r.0.to_string()).collect(),
+            labels: rows.iter().map(|r| r.1).collect(),
+            probabilities: rows.iter().map(|r| r.2.to_vec()).collect(),
+        }
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    #[test]
+    fn counts_confusion_precision_recall_and_f1() {
+        let report =
+            EvalReport::from_predictions("m", "v1", "data", &classes(), &predictions(), vec![]);
+        assert_eq!(report.images, 6);
+        assert_eq!(
+            report.confusion,
+            vec![vec![2, 1, 0], vec![1, 1, 0], vec![0, 0, 1]]
+        );
+        assert!(close(report.top1, 4.0 / 6.0));
+        assert_eq!(report.top_k, 3);
+        assert!(close(report.top5, 1.0));
+        let cat = &report.classes[0];
+        assert_eq!(cat.support, 3);
+        assert!(close(cat.precision, 2.0 / 3.0));
+        assert!(close(cat.recall, 2.0 / 3.0));
+        assert!(close(cat.f1, 2.0 / 3.0));
+        let dog = &report.classes[1];
+        assert!(close(dog.precision, 0.5));
+        assert!(close(dog.recall, 0.5));
+        assert!(close(dog.f1, 0.5));
+        let fox = &report.classes[2];
+        assert!(close(fox.f1, 1.0));
+        assert!(close(report.macro_f1, (2.0 / 3.0 + 0.5 + 1.0) / 3.0));
+        // The most confident mistake comes first.
+        let worst: Vec<_> = report
+            .worst_mistakes
+            .iter()
+            .map(|m| {
+                (
+                    m.id.as_str(),
+                    m.true_label.as_str(),
+                    m.predicted_label.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(worst, [("d2", "dog", "cat"), ("c3", "cat", "dog")]);
+        assert!(close(report.worst_mistakes[0].score, 0.9f32 as f64));
+    }
+
+    #[test]
+    fn top_k_is_capped_at_five_and_ties_rank_like_argmax() {
+        let classes: Vec<String> = (0..7).map(|i| format!("c{i}")).collect();
+        let predictions = Predictions {
+            ids: vec!["a".into(), "b".into()],
+            labels: vec![5, 6],
+            // "a": true class 5 is 6th (outside the top 5); "b": tied with class 0 for first,
+            // argmax says class 0, so it is a top-1 miss but a top-5 hit.
+            probabilities: vec![
+                vec![0.3, 0.2, 0.15, 0.12, 0.11, 0.07, 0.05],
+                vec![0.4, 0.1, 0.05, 0.025, 0.015, 0.01, 0.4],
+            ],
+        };
+        let report = EvalReport::from_predictions("m", "v", "d", &classes, &predictions, vec![]);
+        assert_eq!(report.top_k, 5);
+        assert!(close(report.top1, 0.0));
+        assert!(close(report.top5, 0.5));
+        // Only classes that occur count towards the macro F1: c0 (predicted twice, never true),
+        // c5 and c6 (true once each), all with F1 = 0.
+        assert!(close(report.macro_f1, 0.0));
+        assert_eq!(report.classes[6].support, 1);
+        assert_eq!(report.confusion[6][0], 1);
+    }
+
+    #[test]
+    fn no_photos_give_zeros_not_nan() {
+        let report = EvalReport::from_predictions(
+            "m",
+            "v",
+            "d",
+            &classes(),
+            &Predictions::default(),
+            vec![],
+        );
+        assert_eq!(report.images, 0);
+        assert_eq!(report.top1, 0.0);
+        assert_eq!(report.macro_f1, 0.0);
+        assert!(report.worst_mistakes.is_empty());
+        serde_json::to_string(&report).unwrap();
+    }
+}
