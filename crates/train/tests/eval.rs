@@ -1,32 +1,13 @@
 //! Evaluating a freshly trained model: figures that add up, and a report stored beside it.
 
+mod common;
+
 use bestiary_dataset::{Dataset, DatasetOptions, ImageCache};
 use bestiary_model::ModelRepository;
 use bestiary_storage::StoreOptions;
 use bestiary_testkit::photos::write_class_folders;
-use bestiary_train::{
-    ArchitectureConfig, EvalSplit, OptimizerKind, Schedule, Silent, TrainConfig, evaluate, train,
-};
-
-fn config(epochs: usize) -> TrainConfig {
-    TrainConfig {
-        architecture: ArchitectureConfig::SeedCnn { width: 8, depth: 2 },
-        image_size: 32,
-        epochs,
-        batch_size: 8,
-        learning_rate: 5e-3,
-        weight_decay: 1e-4,
-        optimizer: OptimizerKind::AdamW,
-        momentum: 0.9,
-        schedule: Schedule::Cosine,
-        warmup_epochs: 0.5,
-        label_smoothing: 0.05,
-        augment: true,
-        patience: None,
-        balance_classes: false,
-        seed: 5,
-    }
-}
+use bestiary_train::{EvalSplit, Silent, evaluate, train};
+use common::config;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evaluates_a_trained_model_and_stores_its_report() {

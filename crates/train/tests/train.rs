@@ -4,34 +4,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+mod common;
+
 use bestiary_dataset::{Dataset, DatasetOptions, ImageCache};
 use bestiary_model::ModelRepository;
 use bestiary_storage::StoreOptions;
 use bestiary_testkit::photos::write_class_folders;
-use bestiary_train::{
-    ArchitectureConfig, EpochMetrics, OptimizerKind, Schedule, Silent, TrainConfig, TrainObserver,
-    train,
-};
-
-fn config(epochs: usize) -> TrainConfig {
-    TrainConfig {
-        architecture: ArchitectureConfig::SeedCnn { width: 8, depth: 2 },
-        image_size: 32,
-        epochs,
-        batch_size: 8,
-        learning_rate: 5e-3,
-        weight_decay: 1e-4,
-        optimizer: OptimizerKind::AdamW,
-        momentum: 0.9,
-        schedule: Schedule::Cosine,
-        warmup_epochs: 0.5,
-        label_smoothing: 0.05,
-        augment: true,
-        patience: None,
-        balance_classes: false,
-        seed: 5,
-    }
-}
+use bestiary_train::{ArchitectureConfig, EpochMetrics, Silent, TrainObserver, train};
+use common::config;
 
 async fn dataset(dir: &std::path::Path) -> Dataset {
     write_class_folders(dir, &["amber", "blue", "green"], 20, (40, 40));

@@ -3,19 +3,14 @@
 use std::process::ExitCode;
 
 use bestiary_dataset::decode::DecodeLimits;
-use bestiary_dataset::{Dataset, inspect as inspect_dataset};
+use bestiary_dataset::inspect as inspect_dataset;
 
 use crate::args::{GlobalArgs, InspectArgs};
 use crate::progress;
 
 pub async fn inspect(global: &GlobalArgs, args: InspectArgs) -> anyhow::Result<ExitCode> {
     let hidden = global.quiet || args.json;
-    let listing = progress::bar(None, "listing", hidden);
-    let dataset = Dataset::open(&args.data, &args.split.options(global)?, &|n| {
-        listing.set_position(n)
-    })
-    .await?;
-    listing.finish_and_clear();
+    let dataset = super::open_dataset(global, &args.data, &args.split, hidden).await?;
 
     let reading = progress::bar(
         Some((dataset.train.len() + dataset.validation.len()) as u64),

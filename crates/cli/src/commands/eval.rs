@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::process::ExitCode;
 
-use bestiary_dataset::{Dataset, ImageCache};
+use bestiary_dataset::ImageCache;
 use bestiary_storage::Store;
 use bestiary_train::eval::training_history;
 use bestiary_train::report::render_html;
@@ -14,12 +14,7 @@ use crate::progress;
 
 pub async fn eval(global: &GlobalArgs, args: EvalArgs) -> anyhow::Result<ExitCode> {
     let hidden = global.quiet || args.json;
-    let listing = progress::bar(None, "listing", hidden);
-    let dataset = Dataset::open(&args.data, &args.split.options(global)?, &|n| {
-        listing.set_position(n)
-    })
-    .await?;
-    listing.finish_and_clear();
+    let dataset = super::open_dataset(global, &args.data, &args.split, hidden).await?;
     let which = match args.which {
         EvalSplitArg::All => EvalSplit::All,
         EvalSplitArg::Validation => EvalSplit::Validation,

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use bestiary_dataset::{Dataset, ImageCache};
+use bestiary_dataset::ImageCache;
 use bestiary_model::ModelRepository;
 use bestiary_train::{
     ArchitectureConfig, EpochMetrics, OptimizerKind, Schedule, TrainConfig, TrainObserver,
@@ -11,7 +11,6 @@ use bestiary_train::{
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::{GlobalArgs, OptimizerArg, ScheduleArg, TrainArgs};
-use crate::progress;
 
 /// Draws one bar per epoch (loss, accuracy, images/s, ETA) and/or prints JSON lines.
 struct EpochProgress {
@@ -106,12 +105,7 @@ pub async fn train(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<ExitC
         seed: args.seed,
     };
     let hidden = global.quiet || args.json;
-    let listing = progress::bar(None, "listing", hidden);
-    let dataset = Dataset::open(&args.data, &args.split.options(global)?, &|n| {
-        listing.set_position(n)
-    })
-    .await?;
-    listing.finish_and_clear();
+    let dataset = super::open_dataset(global, &args.data, &args.split, hidden).await?;
     if !hidden {
         eprintln!(
             "{}: {} classes, {} train / {} validation photos; {} at {} px, batch {}",
