@@ -84,8 +84,10 @@ pub enum Command {
     Classify(PendingArgs),
     /// Keep classifying new photos as they arrive under a prefix.
     Watch(PendingArgs),
-    /// Re-export a stored model version (ONNX, fp16).
-    Export(PendingArgs),
+    /// Re-export a stored model version as ONNX.
+    ///
+    /// Example: bestiary export --model s3://models/animals/latest
+    Export(ExportArgs),
     /// Import a pretrained backbone from its public package.
     Import(PendingArgs),
     /// Measure Bestiary's speed.
@@ -355,4 +357,20 @@ pub enum ScheduleArg {
     Cosine,
     OneCycle,
     Constant,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The model: `<root>/<name>/<version>`, `<root>/<name>/latest` or `<root>/<name>`.
+    #[arg(long, env = "BESTIARY_MODEL")]
+    pub model: String,
+
+    /// Where to write the ONNX file (a path or object URL); default: `model.onnx` in the
+    /// version's own folder, replacing the one there.
+    #[arg(long, env = "BESTIARY_EXPORT_TO")]
+    pub to: Option<String>,
+
+    /// Also print the graph (inputs, nodes, outputs, metadata).
+    #[arg(long, env = "BESTIARY_DESCRIBE")]
+    pub describe: bool,
 }

@@ -37,7 +37,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Loader(args)) => commands::bench::loader(global, args).await,
         Command::Train(args) => commands::train::train(global, *args).await,
         Command::Eval(args) => commands::eval::eval(global, args).await,
-        Command::Export(_) => commands::pending("export", 3),
+        Command::Export(args) => commands::export::export(global, args).await,
         Command::Import(_) => commands::pending("import", 3),
         Command::Serve(_) => commands::pending("serve", 4),
         Command::Classify(_) => commands::pending("classify", 5),

@@ -225,7 +225,7 @@ fn help_lists_every_command() {
 
 #[test]
 fn commands_not_built_yet_say_so() {
-    let output = bestiary(&["export", "--model", "x"], &[]);
+    let output = bestiary(&["import", "efficientnet-lite0"], &[]);
     assert_eq!(output.status.code(), Some(3));
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("not built yet (tracked in issue #3)")
@@ -324,4 +324,73 @@ fn train_reads_and_writes_s3() {
     let latest: serde_json::Value =
         serde_json::from_slice(&runtime.block_on(store.get("latest")).unwrap()).unwrap();
     assert_eq!(latest["version"], version);
+}
+
+#[test]
+fn trained_models_are_evaluated_and_exported_again() {
+    let dir = tempfile::tempdir().unwrap();
+    write_class_folders(dir.path(), &["amber", "blue"], 10, (40, 40));
+    let out = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let models = out.path().to_str().unwrap();
+    stdout(&bestiary(
+        &[
+            "train",
+            "--data",
+            data,
+            "--out",
+            models,
+            "--name",
+            "tiny",
+            "--width",
+            "8",
+            "--depth",
+            "2",
+            "--image-size",
+            "32",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--quiet",
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+        ],
+        &[],
+    ));
+    let model = format!("{models}/tiny");
+
+    let report = out.path().join("report.html");
+    let text = stdout(&bestiary(
+        &[
+            "eval",
+            "--model",
+            &model,
+            "--json",
+            "--report",
+            report.to_str().unwrap(),
+            "--data",
+            data,
+        ],
+        &[],
+    ));
+    let result: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(result["images"], 20, "{text}");
+    assert!(std::fs::read_to_string(&report).unwrap().contains("<svg"));
+
+    let onnx = out.path().join("copy.onnx");
+    let text = stdout(&bestiary(
+        &[
+            "export",
+            "--model",
+            &model,
+            "--to",
+            onnx.to_str().unwrap(),
+            "--describe",
+        ],
+        &[],
+    ));
+    assert!(text.contains("Conv(") && text.contains("logits"), "{text}");
+    assert!(std::fs::metadata(&onnx).unwrap().len() > 1000);
 }

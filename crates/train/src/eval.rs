@@ -9,6 +9,7 @@ use burn::tensor::activation::softmax;
 use serde::Serialize;
 
 use crate::arch::{ArchitectureConfig, Classifier};
+use crate::stored::StoredModel;
 use crate::trainer::{EpochMetrics, Result, TrainError, training_device, weights_from_bytes};
 
 /// Photos per inference batch: large enough to keep the backend busy, small enough for any
@@ -276,19 +277,8 @@ pub async fn evaluate(
     store: &StoreOptions,
     cache: Option<ImageCache>,
 ) -> Result<EvalReport> {
-    let (repository, name, version) = resolve(model_url, store).await?;
-    let metadata = repository.metadata(&name, &version).await?;
-    let architecture: ArchitectureConfig =
-        serde_json::from_value(metadata.architecture_config.clone()).map_err(|e| {
-            TrainError::Invalid(format!(
-                "model {name} {version} has no architecture this bestiary can rebuild ({}): {e}",
-                metadata.architecture
-            ))
-        })?;
-    let weights = repository
-        .file(&name, &version, "weights.safetensors")
-        .await?
-        .to_vec();
+    let stored = StoredModel::load(model_url, store).await?;
+    let metadata = &stored.metadata;
     // Dataset labels index the dataset's classes; the model may order (or outnumber) them
     // differently.
     let mapping = data
@@ -322,9 +312,9 @@ pub async fn evaluate(
         })
         .collect::<Result<Vec<_>>>()?;
     evaluate_weights(
-        &architecture,
-        weights,
-        &metadata,
+        &stored.architecture,
+        stored.weights.clone(),
+        metadata,
         &data.url,
         samples,
         data.stores.clone(),

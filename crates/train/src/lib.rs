@@ -5,6 +5,7 @@ pub mod config;
 pub mod eval;
 pub mod export;
 pub mod report;
+pub mod stored;
 pub mod trainer;
 
 pub use arch::{ArchitectureConfig, Classifier};

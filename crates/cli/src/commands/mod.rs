@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod dataset;
 pub mod eval;
+pub mod export;
 pub mod train;
 
 use std::process::ExitCode;
