@@ -6,6 +6,7 @@ use bestiary_model::onnx::{ExportError, GraphBuilder, Value, fold_batch_norm};
 use burn::prelude::*;
 
 use crate::arch::{BasicBlock, Classifier, ConvBnRelu, Resnet, SeedCnn};
+use crate::efficientnet::{self, EfficientNetLite0, MbConv};
 
 /// Name of the graph input: float32 `[N, 3, size, size]`, normalised as the metadata says.
 pub const INPUT: &str = "input";
@@ -124,6 +125,92 @@ pub fn export_onnx(model: &Classifier, metadata: &ModelMetadata) -> Result<Vec<u
             ("bestiary.model", &metadata.name),
             ("bestiary.version", &metadata.version),
             ("bestiary.classes", &classes_json),
+        ],
+    )
+}
+
+/// Adds `conv` with `norm` folded in (pads, stride and groups taken from the conv), then ReLU6
+/// (`Clip 0..6`) when `relu6`.
+fn conv_bn_clip(
+    graph: &mut GraphBuilder,
+    x: &Value,
+    conv: &burn::nn::conv::Conv2d,
+    norm: &burn::nn::BatchNorm,
+    relu6: bool,
+) -> Result<Value, ExportError> {
+    let weight = conv.weight.val();
+    let shape = weight.dims();
+    let bias = conv.bias.as_ref().map(|b| values(b.val()));
+    let (weight, bias) = fold_batch_norm(
+        &values(weight),
+        shape,
+        bias.as_deref(),
+        &values(norm.gamma.val()),
+        &values(norm.beta.val()),
+        &values(norm.running_mean.value()),
+        &values(norm.running_var.value()),
+        norm.epsilon as f32,
+    )?;
+    let pads = match conv.padding {
+        burn::nn::PaddingConfig2d::Explicit(top, left, bottom, right) => {
+            [top, left, bottom, right].map(|p| p as i64)
+        }
+        burn::nn::PaddingConfig2d::Valid => [0; 4],
+        burn::nn::PaddingConfig2d::Same => {
+            return Err(ExportError::Invalid {
+                context: "conv".into(),
+                reason: "dynamic SAME padding is not exported; use explicit pads".into(),
+            });
+        }
+    };
+    let y = graph.conv(
+        x,
+        &weight,
+        shape,
+        Some(&bias),
+        conv.stride.map(|s| s as i64),
+        pads,
+        conv.groups as i64,
+    );
+    Ok(if relu6 { graph.clip(&y, 0.0, 6.0) } else { y })
+}
+
+fn mb_conv(graph: &mut GraphBuilder, x: &Value, block: &MbConv) -> Result<Value, ExportError> {
+    let mut y = x.clone();
+    if let (Some(conv), Some(norm)) = (&block.expand_conv, &block.bn0) {
+        y = conv_bn_clip(graph, &y, conv, norm, true)?;
+    }
+    y = conv_bn_clip(graph, &y, &block.depthwise_conv, &block.bn1, true)?;
+    y = conv_bn_clip(graph, &y, &block.project_conv, &block.bn2, false)?;
+    Ok(if block.skip { graph.add(&y, x) } else { y })
+}
+
+/// The ONNX model of EfficientNet-Lite0 for `[N, 3, 224, 224]` inputs normalised as
+/// `(pixel − 127) / 128`, with `logits`, `probabilities` and `features` (1280) outputs and
+/// batch norm folded into the convolutions.
+pub fn export_efficientnet_onnx(
+    model: &EfficientNetLite0,
+    name: &str,
+) -> Result<Vec<u8>, ExportError> {
+    let size = efficientnet::IMAGE_SIZE as i64;
+    let mut graph = GraphBuilder::new(name, INPUT, 3, size, size);
+    let input = graph.input();
+    let mut x = conv_bn_clip(&mut graph, &input, &model.conv_stem, &model.bn0, true)?;
+    for block in &model.blocks {
+        x = mb_conv(&mut graph, &x, block)?;
+    }
+    x = conv_bn_clip(&mut graph, &x, &model.conv_head, &model.bn1, true)?;
+    let (features, logits) = head(&mut graph, &x, &model.fc);
+    let probabilities = graph.softmax(&logits, 1);
+    let classes = model.fc.weight.val().dims()[1] as i64;
+    graph.output(&logits, "logits", classes);
+    graph.output(&probabilities, "probabilities", classes);
+    graph.output(&features, "features", efficientnet::FEATURES as i64);
+    graph.finish(
+        env!("CARGO_PKG_VERSION"),
+        &[
+            ("bestiary.model", name),
+            ("bestiary.architecture", "efficientnet-lite0"),
         ],
     )
 }

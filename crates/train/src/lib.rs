@@ -2,6 +2,7 @@
 
 pub mod arch;
 pub mod config;
+pub mod efficientnet;
 pub mod eval;
 pub mod export;
 pub mod report;
