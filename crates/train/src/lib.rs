@@ -5,9 +5,11 @@ pub mod config;
 pub mod efficientnet;
 pub mod eval;
 pub mod export;
+pub mod import;
 pub mod report;
 pub mod stored;
 pub mod trainer;
+pub mod transfer;
 
 pub use arch::{ArchitectureConfig, Classifier};
 pub use config::{OptimizerKind, Schedule, TrainConfig};

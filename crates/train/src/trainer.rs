@@ -16,7 +16,7 @@ use burn::prelude::*;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use serde::{Deserialize, Serialize};
 
-use crate::arch::Classifier;
+use crate::arch::{ArchitectureConfig, Classifier};
 use crate::config::{OptimizerKind, TrainConfig};
 use crate::eval::evaluate_weights;
 use crate::export::export_onnx;
@@ -95,6 +95,19 @@ pub struct TrainOutcome {
     pub bad_files: Vec<SkippedFile>,
 }
 
+/// Input preprocessing of a run's network: EfficientNet-Lite0 keeps its ImageNet recipe (224 px,
+/// (x − 127) / 128); the networks trained from scratch use [`input_spec`].
+pub fn input_spec_for(config: &TrainConfig) -> InputSpec {
+    match config.architecture {
+        ArchitectureConfig::EfficientnetLite0 => InputSpec {
+            image_size: crate::efficientnet::IMAGE_SIZE as u32,
+            normalization: Normalization::efficientnet_lite(),
+            crop_fraction: CROP_FRACTION,
+        },
+        _ => input_spec(config.image_size),
+    }
+}
+
 /// Input preprocessing of the networks trained from scratch.
 pub fn input_spec(image_size: u32) -> InputSpec {
     InputSpec {
@@ -123,6 +136,21 @@ pub async fn train(
         )));
     }
     let run = run_folder(repository, name)?;
+    if config.architecture == ArchitectureConfig::EfficientnetLite0 {
+        let mut observer = observer;
+        let options = repository.options().clone();
+        return crate::transfer::train_transfer(
+            config,
+            dataset,
+            repository,
+            name,
+            &run,
+            &options,
+            cache,
+            observer.as_mut(),
+        )
+        .await;
+    }
     let fresh_state = RunState {
         config: config.clone(),
         classes: dataset.classes.clone(),
@@ -205,14 +233,35 @@ pub async fn train(
     })?;
     let (state, bad_files) = state;
 
-    // The artifact: best weights, their ONNX graph, the metrics history and model.json, then
-    // `latest`.
+    store_version(
+        repository,
+        name,
+        dataset,
+        state,
+        best_weights,
+        cache,
+        bad_files,
+    )
+    .await
+}
+
+/// Stores the best weights of a finished run as a new version of `name`: weights, their ONNX
+/// graph, the metrics history, the validation report and model.json, then `latest`.
+pub(crate) async fn store_version(
+    repository: &ModelRepository,
+    name: &str,
+    dataset: &Dataset,
+    state: RunState,
+    best_weights: Vec<u8>,
+    cache: Option<ImageCache>,
+    bad_files: Vec<SkippedFile>,
+) -> Result<TrainOutcome> {
     let mut version = repository.begin(name)?;
     let mut metadata = ModelMetadata::new(
         name,
         &state.config.architecture.name(),
         dataset.classes.clone(),
-        input_spec(state.config.image_size),
+        input_spec_for(&state.config),
     );
     metadata.version = version.version.clone();
     let best_model = weights_from_bytes(

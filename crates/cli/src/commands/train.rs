@@ -103,6 +103,7 @@ pub async fn train(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<ExitC
         patience: args.patience,
         balance_classes: args.balance_classes,
         seed: args.seed,
+        pretrained: args.pretrained.clone(),
     };
     let hidden = global.quiet || args.json;
     let dataset = super::open_dataset(global, &args.data, &args.split, hidden).await?;

@@ -20,5 +20,6 @@ pub fn config(epochs: usize) -> TrainConfig {
         patience: None,
         balance_classes: false,
         seed: 5,
+        pretrained: None,
     }
 }
