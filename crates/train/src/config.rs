@@ -44,7 +44,8 @@ pub struct TrainConfig {
     pub balance_classes: bool,
     pub seed: u64,
     /// For EfficientNet-Lite0: the imported ImageNet model (a model URL) or the reference
-    /// safetensors file to start from; by default `<out>/efficientnet-lite0`.
+    /// safetensors file to start from; by default `<out>/efficientnet-lite0`, imported there on
+    /// first use.
     #[serde(default)]
     pub pretrained: Option<String>,
 }

