@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use bestiary_dataset::ImageCache;
 use bestiary_model::ModelRepository;
+use bestiary_train::trainer::input_spec_for;
 use bestiary_train::{
     ArchitectureConfig, EpochMetrics, OptimizerKind, Schedule, TrainConfig, TrainObserver,
     train as run_training,
@@ -115,7 +116,7 @@ pub async fn train(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<ExitC
             dataset.train.len(),
             dataset.validation.len(),
             config.architecture.name(),
-            config.image_size,
+            input_spec_for(&config).image_size,
             config.batch_size
         );
     }
