@@ -78,7 +78,7 @@ pub struct EvalReport {
 }
 
 /// Index of the largest value; the first one on ties, so that ranks below agree with it.
-fn argmax(row: &[f32]) -> usize {
+pub(crate) fn argmax(row: &[f32]) -> usize {
     let mut best = 0;
     for (i, v) in row.iter().enumerate() {
         if *v > row[best] {

@@ -66,6 +66,21 @@ pub struct RunState {
     pub history: Vec<EpochMetrics>,
 }
 
+impl RunState {
+    /// The state of a run that has not finished an epoch yet.
+    pub fn new(config: &TrainConfig, dataset: &Dataset) -> Self {
+        Self {
+            config: config.clone(),
+            classes: dataset.classes.clone(),
+            dataset_fingerprint: dataset.fingerprint(),
+            epochs_done: 0,
+            best_epoch: None,
+            best_accuracy: None,
+            history: Vec::new(),
+        }
+    }
+}
+
 /// Hears about progress: the CLI draws bars from it, tests ignore it.
 pub trait TrainObserver: Send {
     fn epoch_started(&mut self, _epoch: usize, _epochs: usize, _batches: usize) {}
@@ -151,15 +166,7 @@ pub async fn train(
         )
         .await;
     }
-    let fresh_state = RunState {
-        config: config.clone(),
-        classes: dataset.classes.clone(),
-        dataset_fingerprint: dataset.fingerprint(),
-        epochs_done: 0,
-        best_epoch: None,
-        best_accuracy: None,
-        history: Vec::new(),
-    };
+    let fresh_state = RunState::new(&config, dataset);
     let previous = if resume {
         read_state(&run).await?
     } else {
@@ -438,20 +445,14 @@ fn labels_tensor(batch: &Batch, device: &Device) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(labels, [batch.len()]), device)
 }
 
-fn correct(logits: &Tensor<2>, labels: &[u32]) -> usize {
+/// How many rows of `logits` have their largest value at the row's label.
+pub(crate) fn correct(logits: &Tensor<2>, labels: impl IntoIterator<Item = usize>) -> usize {
     let values: Vec<f32> = logits.to_data().try_to_vec().expect("logits are f32");
-    let classes = values.len() / labels.len().max(1);
+    let [_, classes] = logits.dims();
     values
-        .chunks(classes)
+        .chunks(classes.max(1))
         .zip(labels)
-        .filter(|(row, label)| {
-            let best = row
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(i, _)| i);
-            best == Some(**label as usize)
-        })
+        .filter(|(row, label)| crate::eval::argmax(row) == *label)
         .count()
 }
 
@@ -516,7 +517,7 @@ fn training_loop(
                 .into_data()
                 .try_to_vec::<f32>()
                 .expect("loss is f32")[0] as f64;
-            right += correct(&logits, &batch.labels);
+            right += correct(&logits, batch.labels.iter().map(|&l| l as usize));
             let gradients = GradientsParams::from_grads(loss.backward(), &model);
             model = optimizer.step(learning_rate, model, gradients);
             loss_sum += loss_value * batch.len() as f64;
@@ -624,7 +625,7 @@ fn validate(
         let loss = loss_function.forward(logits.clone(), labels_tensor(&batch, &inference_device));
         loss_sum += loss.into_data().try_to_vec::<f32>().expect("loss is f32")[0] as f64
             * batch.len() as f64;
-        right += correct(&logits, &batch.labels);
+        right += correct(&logits, batch.labels.iter().map(|&l| l as usize));
         seen += batch.len();
     }
     if seen == 0 {

@@ -21,8 +21,8 @@ use crate::config::TrainConfig;
 use crate::efficientnet::{EfficientNetLite0, FEATURES};
 use crate::stored::StoredModel;
 use crate::trainer::{
-    EpochMetrics, Result, RunState, TrainError, TrainObserver, TrainOutcome, input_spec_for,
-    store_version, training_device, weights_to_bytes,
+    EpochMetrics, Result, RunState, TrainError, TrainObserver, TrainOutcome, correct,
+    input_spec_for, store_version, training_device, weights_to_bytes,
 };
 
 /// Where `bestiary import efficientnet-lite0` puts the ImageNet model by default.
@@ -211,21 +211,8 @@ fn matrix(features: Vec<Option<Vec<f32>>>, samples: &[Sample]) -> (Vec<f32>, Vec
     (rows, labels)
 }
 
-fn accuracy(logits: Tensor<2>, labels: &[i64]) -> f64 {
-    let values: Vec<f32> = logits.into_data().try_to_vec().expect("logits are f32");
-    let classes = values.len() / labels.len().max(1);
-    let right = values
-        .chunks(classes)
-        .zip(labels)
-        .filter(|(row, label)| {
-            row.iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(i, _)| i as i64)
-                == Some(**label)
-        })
-        .count();
-    right as f64 / labels.len().max(1) as f64
+fn accuracy(logits: &Tensor<2>, labels: &[i64]) -> f64 {
+    correct(logits, labels.iter().map(|&l| l as usize)) as f64 / labels.len().max(1) as f64
 }
 
 /// Trains a new head on a frozen EfficientNet-Lite0 and stores backbone + head as a version.
@@ -299,15 +286,7 @@ pub async fn train_transfer(
         )
     });
 
-    let mut state = RunState {
-        config: config.clone(),
-        classes: dataset.classes.clone(),
-        dataset_fingerprint: dataset.fingerprint(),
-        epochs_done: 0,
-        best_epoch: None,
-        best_accuracy: None,
-        history: Vec::new(),
-    };
+    let mut state = RunState::new(&config, dataset);
     let mut best_head = head.clone();
     let mut stale = 0;
     for epoch in 0..config.epochs {
@@ -344,7 +323,7 @@ pub async fn train_transfer(
                 .try_to_vec::<f32>()
                 .expect("loss is f32")[0] as f64
                 * chunk.len() as f64;
-            right += (accuracy(logits.clone(), &labels) * chunk.len() as f64).round() as usize;
+            right += correct(&logits, labels.iter().map(|&l| l as usize));
             let gradients = GradientsParams::from_grads(loss.backward(), &head);
             head = optimizer.step(learning_rate, head, gradients);
             observer.batch_finished(loss_sum / n as f64, right as f64 / n as f64, 0.0);
@@ -363,7 +342,7 @@ pub async fn train_transfer(
                     .expect("loss is f32")[0];
                 (
                     Some(loss as f64),
-                    Some(accuracy(logits, &validation_labels)),
+                    Some(accuracy(&logits, &validation_labels)),
                 )
             }
             None => (None, None),
