@@ -25,32 +25,12 @@ fn conv_bn(
     unit: &ConvBnRelu,
     relu: bool,
 ) -> Result<Value, ExportError> {
-    let weight = unit.conv.weight.val();
-    let [out, inp, kh, kw] = weight.dims();
-    let bias = unit.conv.bias.as_ref().map(|b| values(b.val()));
-    let norm = &unit.norm;
-    let (weight, bias) = fold_batch_norm(
-        &values(weight),
-        [out, inp, kh, kw],
-        bias.as_deref(),
-        &values(norm.gamma.val()),
-        &values(norm.beta.val()),
-        &values(norm.running_mean.value()),
-        &values(norm.running_var.value()),
-        norm.epsilon as f32,
-    )?;
-    let stride = unit.conv.stride.map(|s| s as i64);
-    let pad = (kh / 2) as i64;
-    let y = graph.conv(
-        x,
-        &weight,
-        [out, inp, kh, kw],
-        Some(&bias),
-        stride,
-        [pad, pad, pad, pad],
-        unit.conv.groups as i64,
-    );
-    Ok(if relu { graph.relu(&y) } else { y })
+    let activation = if relu {
+        Activation::Relu
+    } else {
+        Activation::None
+    };
+    folded_conv(graph, x, &unit.conv, &unit.norm, activation)
 }
 
 fn head(graph: &mut GraphBuilder, x: &Value, head: &burn::nn::Linear) -> (Value, Value) {
@@ -131,14 +111,23 @@ pub fn export_onnx(model: &Classifier, metadata: &ModelMetadata) -> Result<Vec<u
     )
 }
 
-/// Adds `conv` with `norm` folded in (pads, stride and groups taken from the conv), then ReLU6
-/// (`Clip 0..6`) when `relu6`.
-fn conv_bn_clip(
+/// What follows a folded convolution.
+#[derive(Clone, Copy)]
+enum Activation {
+    None,
+    Relu,
+    /// `Clip 0..6`.
+    Relu6,
+}
+
+/// Adds `conv` with `norm` folded in (pads, stride and groups taken from the conv), then
+/// `activation`.
+fn folded_conv(
     graph: &mut GraphBuilder,
     x: &Value,
     conv: &burn::nn::conv::Conv2d,
     norm: &burn::nn::BatchNorm,
-    relu6: bool,
+    activation: Activation,
 ) -> Result<Value, ExportError> {
     let weight = conv.weight.val();
     let shape = weight.dims();
@@ -174,7 +163,27 @@ fn conv_bn_clip(
         pads,
         conv.groups as i64,
     );
-    Ok(if relu6 { graph.clip(&y, 0.0, 6.0) } else { y })
+    Ok(match activation {
+        Activation::None => y,
+        Activation::Relu => graph.relu(&y),
+        Activation::Relu6 => graph.clip(&y, 0.0, 6.0),
+    })
+}
+
+/// [`folded_conv`] followed by ReLU6 when `relu6`: EfficientNet's unit.
+fn conv_bn_clip(
+    graph: &mut GraphBuilder,
+    x: &Value,
+    conv: &burn::nn::conv::Conv2d,
+    norm: &burn::nn::BatchNorm,
+    relu6: bool,
+) -> Result<Value, ExportError> {
+    let activation = if relu6 {
+        Activation::Relu6
+    } else {
+        Activation::None
+    };
+    folded_conv(graph, x, conv, norm, activation)
 }
 
 fn mb_conv(graph: &mut GraphBuilder, x: &Value, block: &MbConv) -> Result<Value, ExportError> {
