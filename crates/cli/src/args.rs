@@ -1,8 +1,10 @@
 //! Command-line arguments of `bestiary`: every flag can also be set by a `BESTIARY_*` variable.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use bestiary_dataset::{DatasetOptions, SplitConfig};
+use bestiary_engine::EngineKind;
 use bestiary_storage::StoreOptions;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -79,7 +81,9 @@ pub enum Command {
     /// Example: bestiary eval --model s3://models/animals --data s3://photos/animals --report report.html
     Eval(EvalArgs),
     /// Serve a model over HTTP (native JSON, SageMaker and Open Inference Protocol APIs).
-    Serve(PendingArgs),
+    ///
+    /// Example: bestiary serve --model s3://models/animals/latest --api-key-file keys.txt
+    Serve(Box<ServeArgs>),
     /// Classify every photo under a bucket prefix, resumably.
     Classify(PendingArgs),
     /// Keep classifying new photos as they arrive under a prefix.
@@ -397,7 +401,113 @@ pub struct ExportArgs {
     #[arg(long, env = "BESTIARY_EXPORT_TO")]
     pub to: Option<String>,
 
+    /// Store the weights as float16 (half the size; engines still compute in float32). Without
+    /// `--to` or `--bundle` this writes `model.fp16.onnx` beside `model.onnx`.
+    #[arg(long, env = "BESTIARY_EXPORT_FP16")]
+    pub fp16: bool,
+
+    /// Write a serving bundle instead: the same version (model.json and the ONNX graph, without
+    /// training weights) under this root, as `<root>/<name>/<version>` with a `latest` pointer.
+    #[arg(long, env = "BESTIARY_EXPORT_BUNDLE", conflicts_with = "to")]
+    pub bundle: Option<String>,
+
     /// Also print the graph (inputs, nodes, outputs, metadata).
     #[arg(long, env = "BESTIARY_DESCRIBE")]
     pub describe: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The model: `<root>/<name>/<version>` (that version), or `<root>/<name>/latest` or
+    /// `<root>/<name>` (its latest version, swapped for newer ones as they are committed);
+    /// default: the built-in animal model.
+    #[arg(long, env = "BESTIARY_MODEL")]
+    pub model: Option<String>,
+
+    /// Inference engine: auto (onnxruntime when its library loads, else tract), ort, tract, burn.
+    #[arg(long, env = "BESTIARY_ENGINE", default_value_t = EngineKind::Auto)]
+    pub engine: EngineKind,
+
+    /// Address to listen on [default: 127.0.0.1; 0.0.0.0 inside SageMaker].
+    #[arg(long, env = "BESTIARY_HOST")]
+    pub host: Option<IpAddr>,
+
+    /// Port to listen on [default: 8080; inside SageMaker `SAGEMAKER_BIND_TO_PORT`, else 8080].
+    #[arg(long, env = "BESTIARY_PORT")]
+    pub port: Option<u16>,
+
+    /// The bucket that keys in `{"uris": [...]}` are relative to (a local folder is created if
+    /// missing); full `s3://`, `gs://` and `az://` URIs are read wherever they point.
+    #[arg(long, env = "BESTIARY_BUCKET", default_value = "./bucket")]
+    pub bucket: String,
+
+    /// Images per inference batch, at most.
+    #[arg(long, env = "BESTIARY_MAX_BATCH_SIZE", default_value_t = 32)]
+    pub max_batch_size: usize,
+
+    /// How long the first image of a batch waits for more to join it, in milliseconds.
+    #[arg(long, env = "BESTIARY_MAX_BATCH_DELAY_MS", default_value_t = 5)]
+    pub max_batch_delay_ms: u64,
+
+    /// Images admitted at once (decoding, queued or in inference); more get 429 at once.
+    #[arg(long, env = "BESTIARY_MAX_QUEUE", default_value_t = 1024)]
+    pub max_queue: usize,
+
+    /// Classification requests handled at once; more get 429 at once.
+    #[arg(long, env = "BESTIARY_MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
+    pub max_concurrent_requests: usize,
+
+    /// Largest request body in MiB (objects named by URI may be of any size).
+    #[arg(long, env = "BESTIARY_MAX_BODY_MB", default_value_t = 32)]
+    pub max_body_mb: usize,
+
+    /// Largest photo accepted, in megapixels (checked from the header before decoding).
+    #[arg(long, env = "BESTIARY_MAX_MEGAPIXELS", default_value_t = 50.0)]
+    pub max_megapixels: f64,
+
+    /// A classification request taking longer fails with 503, in seconds.
+    #[arg(long, env = "BESTIARY_REQUEST_TIMEOUT", default_value_t = 30.0)]
+    pub request_timeout: f64,
+
+    /// After SIGTERM, how long in-flight requests may take to finish, in seconds (SageMaker
+    /// sends SIGKILL 30 s after SIGTERM).
+    #[arg(long, env = "BESTIARY_SHUTDOWN_TIMEOUT", default_value_t = 25.0)]
+    pub shutdown_timeout: f64,
+
+    /// API key clients must send as `Authorization: Bearer <key>` (repeat the flag or separate
+    /// keys with commas); /ping, /metrics and /v2/health/* stay open.
+    #[arg(long, env = "BESTIARY_API_KEY")]
+    pub api_key: Vec<String>,
+
+    /// A file of API keys, one per line (`#` starts a comment).
+    #[arg(long, env = "BESTIARY_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// Origin allowed to call the API from a browser (repeatable; `*` for any). No CORS headers
+    /// without it.
+    #[arg(long, env = "BESTIARY_CORS_ALLOW_ORIGIN")]
+    pub cors_allow_origin: Vec<String>,
+
+    /// How often a model given by its `latest` pointer is checked for a new version, in
+    /// seconds; 0 checks only on SIGHUP and `POST /admin/reload`.
+    #[arg(long, env = "BESTIARY_MODEL_POLL_INTERVAL", default_value_t = 30.0)]
+    pub model_poll_interval: f64,
+
+    /// Labels listed per image when the request gives no `top_k`.
+    #[arg(long, env = "BESTIARY_TOP_K", default_value_t = 5)]
+    pub top_k: usize,
+
+    /// Price of one vCPU-hour in USD, for the cost figures of /v1/usage and /metrics; the
+    /// default is an ml.m5.xlarge real-time endpoint's on-demand price in us-east-1 (USD 0.23
+    /// an hour for 4 vCPUs).
+    #[arg(long, env = "BESTIARY_COST_PER_VCPU_HOUR", default_value_t = bestiary_serve::DEFAULT_COST_PER_VCPU_HOUR)]
+    pub cost_per_vcpu_hour: f64,
+
+    /// Write usage and cost as CloudWatch Embedded Metric Format lines on stdout.
+    #[arg(long, env = "BESTIARY_CLOUDWATCH_EMF")]
+    pub cloudwatch_emf: bool,
+
+    /// Seconds between two CloudWatch EMF lines.
+    #[arg(long, env = "BESTIARY_CLOUDWATCH_EMF_INTERVAL", default_value_t = 60.0)]
+    pub cloudwatch_emf_interval: f64,
 }

@@ -1,5 +1,6 @@
 //! `bestiary`: the command-line entry point; parses arguments and runs one command.
 
+mod allocator;
 mod args;
 mod commands;
 mod progress;
@@ -11,6 +12,7 @@ use clap::Parser;
 use crate::args::{BenchCommand, Cli, Command, DatasetCommand, LogFormat};
 
 fn main() -> ExitCode {
+    allocator::tune_malloc();
     let cli = Cli::parse();
     init_logging(cli.global.log_format, cli.global.quiet);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -39,7 +41,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(args) => commands::eval::eval(global, args).await,
         Command::Export(args) => commands::export::export(global, args).await,
         Command::Import(args) => commands::import::import(global, args).await,
-        Command::Serve(_) => commands::pending("serve", 4),
+        Command::Serve(args) => commands::serve::serve(global, *args).await,
         Command::Classify(_) => commands::pending("classify", 5),
         Command::Watch(_) => commands::pending("watch", 5),
     }

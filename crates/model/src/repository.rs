@@ -74,6 +74,30 @@ impl ModelRepository {
         })
     }
 
+    /// Starts writing a copy of version `version` of `name` taken from another repository
+    /// (a serving bundle, a promotion between buckets). Refuses to overwrite an existing version.
+    pub async fn begin_copy(&self, name: &str, version: &str) -> Result<VersionWriter> {
+        check_name(name, &self.store)?;
+        check_name(version, &self.store)?;
+        if self
+            .store
+            .exists(&format!("{name}/{version}/{METADATA_FILE}"))
+            .await?
+        {
+            return Err(ModelError::Invalid {
+                url: self.store.url_of(&format!("{name}/{version}")),
+                reason: "this version exists already".into(),
+            });
+        }
+        Ok(VersionWriter {
+            folder: self.store.child(&format!("{name}/{version}"))?,
+            repository: self.clone(),
+            name: name.to_string(),
+            version: version.to_string(),
+            files: Vec::new(),
+        })
+    }
+
     /// The version `latest` points to, if any.
     pub async fn latest(&self, name: &str) -> Result<Option<String>> {
         match self.store.get(&format!("{name}/{LATEST}")).await {
@@ -182,12 +206,15 @@ impl VersionWriter {
         self.folder.url().display()
     }
 
-    /// Writes `model.json` and then moves `latest` to this version.
+    /// Writes `model.json` and then moves `latest` to this version. `created` is set to now
+    /// unless the metadata has one already (a copy keeps its original time).
     pub async fn commit(self, mut metadata: ModelMetadata) -> Result<ModelMetadata> {
         metadata.name = self.name.clone();
         metadata.version = self.version.clone();
-        metadata.created =
-            humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        if metadata.created.is_empty() {
+            metadata.created =
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        }
         metadata.files = self.files.clone();
         self.folder.put(METADATA_FILE, metadata.to_json()).await?;
         let pointer = serde_json::to_vec(&LatestPointer {

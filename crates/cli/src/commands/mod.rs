@@ -5,6 +5,7 @@ pub mod dataset;
 pub mod eval;
 pub mod export;
 pub mod import;
+pub mod serve;
 pub mod train;
 
 use std::process::ExitCode;

@@ -6,6 +6,7 @@
 //! is remembered and returned by [`GraphBuilder::finish`], which keeps model-walking code free of
 //! `?` on every layer.
 
+pub mod fp16;
 pub mod proto;
 
 use std::collections::{HashMap, HashSet};

@@ -1,0 +1,124 @@
+//! The one trait every inference backend implements, and the names users pick them by.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::EngineError;
+
+/// Runs a model's network on batches of preprocessed images.
+///
+/// Implementations are shared between threads; `infer` may be called concurrently, and an
+/// engine that cannot run calls in parallel serialises them itself.
+pub trait Engine: Send + Sync {
+    /// Logits, `batch × classes` row-major, for `input` holding `batch` images as
+    /// `3 × size × size` channel-major floats, already normalised for the model.
+    fn infer(&self, input: &[f32], batch: usize) -> Result<Vec<f32>, EngineError>;
+
+    /// Which backend this is.
+    fn kind(&self) -> EngineKind;
+
+    /// One line for logs: the backend and how it runs (library, threads, device).
+    fn describe(&self) -> String {
+        self.kind().to_string()
+    }
+}
+
+/// How engines are set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Threads one inference may use; `None` means every available core.
+    pub threads: Option<usize>,
+    /// Whether `auto` and `ort` may download the pinned onnxruntime wheel (with pip) when its
+    /// library is not installed; see [`crate::ort_engine::ensure_onnxruntime`].
+    pub allow_download: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            threads: None,
+            allow_download: true,
+        }
+    }
+}
+
+impl EngineOptions {
+    /// The thread count to use: the configured one, else the available cores.
+    pub fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            })
+            .max(1)
+    }
+}
+
+/// Backend selection, as given by `--engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum EngineKind {
+    /// onnxruntime when its library loads, else tract.
+    #[default]
+    Auto,
+    /// onnxruntime through the `ort` crate, loaded at run time.
+    Ort,
+    /// tract, pure Rust.
+    Tract,
+    /// The burn network itself (CPU, or GPU in builds with burn's `cuda` feature).
+    Burn,
+}
+
+impl EngineKind {
+    pub const NAMES: [&'static str; 4] = ["auto", "ort", "tract", "burn"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Ort => "ort",
+            Self::Tract => "tract",
+            Self::Burn => "burn",
+        }
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for EngineKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "ort" | "onnxruntime" => Ok(Self::Ort),
+            "tract" => Ok(Self::Tract),
+            "burn" => Ok(Self::Burn),
+            other => Err(format!(
+                "unknown engine {other:?} (expected one of {})",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+/// Checks that `input` holds exactly `batch` images of `per_image` floats; engines call it
+/// before handing a buffer to a runtime that would read past it or misshape it.
+pub(crate) fn check_input(
+    input: &[f32],
+    batch: usize,
+    per_image: usize,
+) -> Result<(), EngineError> {
+    if input.len() != batch * per_image {
+        return Err(EngineError::InputShape {
+            got: input.len(),
+            expected: batch * per_image,
+            batch,
+            per_image,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! From logits to answers: probabilities, the top label and the top-k list.
+
+use serde::Serialize;
+
+/// One label with its probability.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LabelScore {
+    pub label: String,
+    pub score: f32,
+}
+
+/// What the model says about one image.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction {
+    /// The most probable label.
+    pub label: String,
+    /// Its probability.
+    pub score: f32,
+    /// Index of `label` in the model's classes.
+    pub class_index: usize,
+    /// The `k` most probable labels, most probable first.
+    pub top_k: Vec<LabelScore>,
+    /// Probability of every class, in the model's class order.
+    pub probabilities: Vec<f32>,
+}
+
+/// Numerically stable softmax of one row of logits.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|&z| (z - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+impl Prediction {
+    /// The prediction for one row of logits; `top_k` is clamped to `1..=classes.len()`.
+    ///
+    /// # Panics
+    /// If `logits` and `classes` differ in length or are empty.
+    pub fn from_logits(logits: &[f32], classes: &[String], top_k: usize) -> Self {
+        assert_eq!(logits.len(), classes.len(), "one logit per class");
+        assert!(!classes.is_empty(), "a model has at least one class");
+        let probabilities = softmax(logits);
+        let mut order: Vec<usize> = (0..classes.len()).collect();
+        // Ties keep class order, so equal scores always rank the same way.
+        order.sort_by(|&a, &b| {
+            probabilities[b]
+                .total_cmp(&probabilities[a])
+                .then(a.cmp(&b))
+        });
+        let top_k = order
+            .iter()
+            .take(top_k.clamp(1, classes.len()))
+            .map(|&i| LabelScore {
+                label: classes[i].clone(),
+                score: probabilities[i],
+            })
+            .collect();
+        let best = order[0];
+        Self {
+            label: classes[best].clone(),
+            score: probabilities[best],
+            class_index: best,
+            top_k,
+            probabilities,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classes() -> Vec<String> {
+        ["cat", "dog", "cow"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_survives_large_logits() {
+        let p = softmax(&[1000.0, 1000.0, -1000.0]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!((p[0] - 0.5).abs() < 1e-6 && p[2] == 0.0);
+    }
+
+    #[test]
+    fn prediction_ranks_labels_and_clamps_k() {
+        let p = Prediction::from_logits(&[0.1, 2.0, 1.0], &classes(), 10);
+        assert_eq!(p.label, "dog");
+        assert_eq!(p.class_index, 1);
+        let labels: Vec<_> = p.top_k.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels, ["dog", "cow", "cat"]);
+        assert_eq!(
+            Prediction::from_logits(&[0.1, 2.0, 1.0], &classes(), 0)
+                .top_k
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn ties_rank_in_class_order() {
+        let p = Prediction::from_logits(&[1.0, 1.0, 1.0], &classes(), 2);
+        assert_eq!(p.label, "cat");
+        assert_eq!(p.top_k[1].label, "dog");
+    }
+}

@@ -1,0 +1,103 @@
+//! Everything that shapes a running server: address, limits, batching, auth, CORS and costs.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bestiary_dataset::decode::DecodeLimits;
+use bestiary_storage::StoreOptions;
+
+/// Public on-demand price of an ml.m5.xlarge real-time inference instance in us-east-1
+/// (USD 0.23 per hour for 4 vCPUs), per vCPU-hour: the default of `--cost-per-vcpu-hour`.
+pub const DEFAULT_COST_PER_VCPU_HOUR: f64 = 0.23 / 4.0;
+
+/// How a server runs. `Default` gives the documented defaults of `bestiary serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where to listen; port 0 picks a free one.
+    pub addr: SocketAddr,
+    /// Images per inference batch, at most.
+    pub max_batch_size: usize,
+    /// How long the first image of a batch waits for others to join it.
+    pub max_batch_delay: Duration,
+    /// Images admitted (pre-processing, waiting or in inference) at once; beyond it 429.
+    pub max_queue: usize,
+    /// Requests handled at once on the inference routes; beyond it 429.
+    pub max_concurrent_requests: usize,
+    /// Largest request body, in bytes (URIs in JSON name objects of any size).
+    pub max_body_bytes: usize,
+    /// A request that takes longer fails with 503 `timeout`.
+    pub request_timeout: Duration,
+    /// How long a shutdown waits for in-flight requests before it gives up on them.
+    pub shutdown_timeout: Duration,
+    /// Accepted Bearer tokens; empty means no authentication.
+    pub api_keys: Vec<String>,
+    /// Origins allowed by CORS (`*` for any); empty means no CORS headers.
+    pub cors_allow_origins: Vec<String>,
+    /// How often a `latest` pointer is checked for a new version; `None` never polls.
+    pub model_poll_interval: Option<Duration>,
+    /// Price of one vCPU-hour, for the cost estimates.
+    pub cost_per_vcpu_hour: f64,
+    /// Period of the CloudWatch Embedded Metric Format lines on stdout; `None` writes none.
+    pub cloudwatch_emf_interval: Option<Duration>,
+    /// The bucket that relative keys in `{"uris": [...]}` are read from.
+    pub bucket: String,
+    /// How stores (the bucket, `s3://` URIs, model folders) are opened.
+    pub store: StoreOptions,
+    /// Ceilings applied to every photo before its pixels are decoded.
+    pub decode_limits: DecodeLimits,
+    /// `top_k` when the request does not say.
+    pub default_top_k: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_batch_size: 32,
+            max_batch_delay: Duration::from_millis(5),
+            max_queue: 1024,
+            max_concurrent_requests: 512,
+            max_body_bytes: 32 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            // SageMaker allows 30 s between SIGTERM and SIGKILL.
+            shutdown_timeout: Duration::from_secs(25),
+            api_keys: Vec::new(),
+            cors_allow_origins: Vec::new(),
+            model_poll_interval: Some(Duration::from_secs(30)),
+            cost_per_vcpu_hour: DEFAULT_COST_PER_VCPU_HOUR,
+            cloudwatch_emf_interval: None,
+            bucket: "./bucket".into(),
+            store: StoreOptions::default(),
+            decode_limits: DecodeLimits {
+                max_pixels: 50_000_000,
+                ..DecodeLimits::default()
+            },
+            default_top_k: 5,
+        }
+    }
+}
+
+impl ServeConfig {
+    /// Checks the settings that would make the server unusable.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max batch size", self.max_batch_size),
+            ("max queue", self.max_queue),
+            ("max concurrent requests", self.max_concurrent_requests),
+            ("max body size", self.max_body_bytes),
+            ("default top-k", self.default_top_k),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("the {name} must be at least 1"));
+            }
+        }
+        if !(self.cost_per_vcpu_hour.is_finite() && self.cost_per_vcpu_hour >= 0.0) {
+            return Err("the cost per vCPU-hour must be a non-negative number".into());
+        }
+        if self.model_poll_interval == Some(Duration::ZERO) {
+            return Err("the model poll interval must be positive (or off)".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,155 @@
+//! The one error type of the API and the one place where each error becomes an HTTP status.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bestiary_engine::EngineError;
+use bestiary_storage::{StorageError, StorageErrorKind};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Everything a request can fail with. [`IntoResponse`] below is the only place that decides
+/// statuses, so every route answers the same way for the same problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or invalid API key (send it as `Authorization: Bearer <key>`)")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// An input that is not a usable photo; `reason` is the decoder's stable code
+    /// (`corrupt`, `empty`, `not-an-image`, `too-large`).
+    #[error("image {image}: {message}")]
+    UndecodableImage {
+        image: String,
+        reason: &'static str,
+        message: String,
+    },
+    /// The queue or the concurrency limit is full; the client should retry after a while.
+    #[error("{message}")]
+    Overloaded {
+        message: String,
+        retry_after: Duration,
+    },
+    #[error("the model is not loaded yet")]
+    NotReady,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("the request took longer than {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorResponse {
+    /// What went wrong, for people.
+    pub error: String,
+    /// What went wrong, for programs: a stable snake_case identifier.
+    pub error_type: String,
+    /// For undecodable images: the decoder's reason code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// For undecodable images: which input it was (file name, URI or position).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+impl ApiError {
+    /// The status and the stable `error_type` of this error.
+    pub fn status_and_type(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Self::UndecodableImage { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "undecodable_image")
+            }
+            Self::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+            Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            Self::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            Self::Storage(error) => match error.kind {
+                StorageErrorKind::InvalidUrl | StorageErrorKind::InvalidKey => {
+                    (StatusCode::BAD_REQUEST, "invalid_uri")
+                }
+                StorageErrorKind::NotFound | StorageErrorKind::BucketNotFound => {
+                    (StatusCode::NOT_FOUND, "object_not_found")
+                }
+                StorageErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, "storage_forbidden"),
+                // The store behind the server failed, not the server itself.
+                _ => (StatusCode::BAD_GATEWAY, "storage_error"),
+            },
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// An engine failure on one input: bad photos are the client's problem (422), the rest ours.
+    pub fn from_engine(error: EngineError, image: &str) -> Self {
+        match error {
+            EngineError::Decode(decode) => Self::UndecodableImage {
+                image: image.to_string(),
+                reason: decode.code(),
+                message: decode.to_string(),
+            },
+            other => Self::Internal(other.to_string()),
+        }
+    }
+
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        Self::Overloaded {
+            message: message.into(),
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error_type) = self.status_and_type();
+        if status.is_server_error() {
+            tracing::warn!(%status, error_type, "{self}");
+        }
+        let (reason, image) = match &self {
+            Self::UndecodableImage { reason, image, .. } => {
+                (Some((*reason).to_string()), Some(image.clone()))
+            }
+            _ => (None, None),
+        };
+        let body = ErrorResponse {
+            error: self.to_string(),
+            error_type: error_type.to_string(),
+            reason,
+            image,
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            Self::Overloaded { retry_after, .. } => {
+                let seconds = retry_after.as_secs().max(1);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            Self::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

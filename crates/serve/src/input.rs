@@ -1,0 +1,432 @@
+//! Request bodies to photos: one raw image, several in `multipart/form-data`, object URIs in
+//! JSON (read from the bucket or any `s3://`, `gs://`, `az://` URL), or JSON Lines records.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Request};
+use axum::http::{HeaderMap, header};
+use base64::Engine as _;
+use bestiary_storage::{StorageErrorKind, Store, StoreOptions, StoreUrl, parse_store_url};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+
+/// Objects read at once for one request's URIs.
+const CONCURRENT_READS: usize = 16;
+
+/// Content types taken as one raw photo. The format itself is recognised from the bytes.
+pub const IMAGE_TYPES: [&str; 7] = [
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "image/gif",
+    "image/bmp",
+    "application/x-image",
+    "application/octet-stream",
+];
+
+const JSON_LINES_TYPES: [&str; 4] = [
+    "application/jsonlines",
+    "application/x-jsonlines",
+    "application/jsonl",
+    "application/x-ndjson",
+];
+
+/// One photo of a request and the name it is reported under.
+#[derive(Debug, Clone)]
+pub struct ImageInput {
+    /// File name, URI, or `#<position>` for a raw body.
+    pub name: String,
+    pub bytes: Bytes,
+}
+
+/// How the request body is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// The body is one photo.
+    Image,
+    /// `multipart/form-data`: every file part is a photo.
+    Multipart,
+    /// `application/json`: `{"uris": [...]}`.
+    Json,
+    /// JSON Lines: one record per line (`{"source-ref": uri}`, `{"uri": uri}`, `{"b64": data}`).
+    JsonLines,
+}
+
+/// The JSON body naming objects to classify.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UriRequest {
+    /// Object URLs (`s3://bucket/key`, `gs://…`, `az://…`) or keys relative to the server's
+    /// bucket (`--bucket`).
+    pub uris: Vec<String>,
+}
+
+/// One JSON Lines record: a reference to an object, or the photo itself in base64.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonLine {
+    #[serde(rename = "source-ref", alias = "uri")]
+    source_ref: Option<String>,
+    b64: Option<String>,
+}
+
+/// The media type without parameters, lower-cased.
+pub fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    (!essence.is_empty()).then(|| essence.to_ascii_lowercase())
+}
+
+/// Whether the client asked for JSON Lines back.
+pub fn accepts_json_lines(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| {
+            accept.split(',').any(|part| {
+                let essence = part.split(';').next().unwrap_or_default().trim();
+                JSON_LINES_TYPES
+                    .iter()
+                    .any(|t| essence.eq_ignore_ascii_case(t))
+            })
+        })
+}
+
+pub fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
+    let Some(media_type) = media_type(headers) else {
+        return Err(ApiError::UnsupportedMediaType(
+            "missing Content-Type: send a photo as image/jpeg, image/png, image/webp or \
+             application/x-image, several as multipart/form-data, or {\"uris\": [...]} as \
+             application/json"
+                .into(),
+        ));
+    };
+    if IMAGE_TYPES.contains(&media_type.as_str()) {
+        Ok(BodyKind::Image)
+    } else if media_type == "multipart/form-data" {
+        Ok(BodyKind::Multipart)
+    } else if media_type == "application/json" {
+        Ok(BodyKind::Json)
+    } else if JSON_LINES_TYPES.contains(&media_type.as_str()) {
+        Ok(BodyKind::JsonLines)
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "unsupported Content-Type {media_type}: use image/jpeg, image/png, image/webp, \
+             application/x-image, multipart/form-data, application/json or application/jsonlines"
+        )))
+    }
+}
+
+/// Reads the whole body, refusing more than `limit` bytes.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let too_large = std::error::Error::source(&error)
+            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            too_large_body(limit)
+        } else {
+            ApiError::BadRequest(format!("cannot read the request body: {error}"))
+        }
+    })
+}
+
+fn too_large_body(limit: usize) -> ApiError {
+    ApiError::PayloadTooLarge(format!(
+        "the request body exceeds {limit} bytes; put big photos in the bucket and send \
+         {{\"uris\": [...]}} instead"
+    ))
+}
+
+/// The photos of a request body, in order.
+pub async fn read_images(
+    request: Request,
+    limit: usize,
+    uris: &UriReader,
+) -> Result<(BodyKind, Vec<ImageInput>), ApiError> {
+    let kind = body_kind(request.headers())?;
+    // Reject a declared oversize body before reading any of it.
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(too_large_body(limit));
+    }
+    let images = match kind {
+        BodyKind::Image => {
+            let bytes = read_body(request.into_body(), limit).await?;
+            vec![ImageInput {
+                name: "#0".into(),
+                bytes,
+            }]
+        }
+        BodyKind::Multipart => read_multipart(request).await?,
+        BodyKind::Json => {
+            let bytes = read_body(request.into_body(), limit).await?;
+            let body: UriRequest = serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::BadRequest(format!("expected {{\"uris\": [\"s3://…\", …]}}: {e}"))
+            })?;
+            uris.read_all(body.uris).await?
+        }
+        BodyKind::JsonLines => {
+            let bytes = read_body(request.into_body(), limit).await?;
+            read_json_lines(&bytes, uris).await?
+        }
+    };
+    if images.is_empty() {
+        return Err(ApiError::BadRequest("the request holds no image".into()));
+    }
+    Ok((kind, images))
+}
+
+async fn read_multipart(request: Request) -> Result<Vec<ImageInput>, ApiError> {
+    let mut multipart = Multipart::from_request(request, &())
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
+    let multipart_error = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(format!("the multipart body is too large: {e}"))
+        } else {
+            ApiError::BadRequest(format!("invalid multipart body: {e}"))
+        }
+    };
+    let mut images = Vec::new();
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        let position = images.len();
+        let is_file = field.file_name().is_some()
+            || field
+                .content_type()
+                .is_some_and(|t| t.starts_with("image/") || IMAGE_TYPES.contains(&t));
+        let name = field
+            .file_name()
+            .or(field.name())
+            .map_or_else(|| format!("#{position}"), String::from);
+        if !is_file {
+            return Err(ApiError::BadRequest(format!(
+                "multipart field {name:?} is not a file: every part must be a photo"
+            )));
+        }
+        let bytes = field.bytes().await.map_err(multipart_error)?;
+        images.push(ImageInput { name, bytes });
+    }
+    Ok(images)
+}
+
+async fn read_json_lines(body: &[u8], uris: &UriReader) -> Result<Vec<ImageInput>, ApiError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::BadRequest("JSON Lines must be UTF-8".into()))?;
+    enum Record {
+        Uri(String),
+        Inline(ImageInput),
+    }
+    let mut records = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad_line = |why: String| ApiError::BadRequest(format!("line {}: {why}", number + 1));
+        let record: JsonLine = serde_json::from_str(line).map_err(|e| {
+            bad_line(format!(
+                "expected {{\"source-ref\": \"s3://…\"}} or {{\"b64\": \"…\"}}: {e}"
+            ))
+        })?;
+        records.push(match (record.source_ref, record.b64) {
+            (Some(uri), None) => Record::Uri(uri),
+            (None, Some(data)) => Record::Inline(ImageInput {
+                name: format!("line {}", number + 1),
+                bytes: base64::engine::general_purpose::STANDARD
+                    .decode(data.trim())
+                    .map_err(|e| bad_line(format!("invalid base64: {e}")))?
+                    .into(),
+            }),
+            _ => {
+                return Err(bad_line(
+                    "give exactly one of source-ref, uri or b64".into(),
+                ));
+            }
+        });
+    }
+    // Objects are read concurrently; the order of the lines is kept.
+    futures::stream::iter(records)
+        .map(|record| async move {
+            match record {
+                Record::Uri(uri) => uris.read(&uri).await,
+                Record::Inline(image) => Ok(image),
+            }
+        })
+        .buffered(CONCURRENT_READS)
+        .try_collect()
+        .await
+}
+
+/// Reads objects named by URIs: keys relative to the server's bucket, or `s3://`, `gs://` and
+/// `az://` URLs. Local paths outside the bucket are refused, so a client cannot make the
+/// server read its own files; keys cannot leave the bucket through `..` or symlinks.
+pub struct UriReader {
+    bucket: Store,
+    options: StoreOptions,
+    /// Stores opened so far, by bucket URL: building an S3 client per request would cost a
+    /// new connection pool each time.
+    stores: Mutex<HashMap<String, Store>>,
+}
+
+impl UriReader {
+    /// Opens the bucket; a local folder is created when missing.
+    pub fn open(
+        bucket: &str,
+        options: &StoreOptions,
+    ) -> Result<Self, bestiary_storage::StorageError> {
+        let url = parse_store_url(bucket)?;
+        if let StoreUrl::Local { root } = &url {
+            std::fs::create_dir_all(root).map_err(|e| {
+                bestiary_storage::StorageError::new(
+                    StorageErrorKind::Other,
+                    root.display().to_string(),
+                )
+                .with_detail(format!("cannot create the bucket folder: {e}"))
+            })?;
+        }
+        Ok(Self {
+            bucket: Store::open_url(url, options)?,
+            options: options.clone(),
+            stores: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn bucket(&self) -> &Store {
+        &self.bucket
+    }
+
+    pub async fn read_all(&self, uris: Vec<String>) -> Result<Vec<ImageInput>, ApiError> {
+        futures::stream::iter(uris)
+            .map(|uri| async move { self.read(&uri).await })
+            .buffered(CONCURRENT_READS)
+            .try_collect()
+            .await
+    }
+
+    pub async fn read(&self, uri: &str) -> Result<ImageInput, ApiError> {
+        let (store, key) = self.locate(uri)?;
+        let bytes = store.get(&key).await?;
+        Ok(ImageInput {
+            name: uri.to_string(),
+            bytes,
+        })
+    }
+
+    fn locate(&self, uri: &str) -> Result<(Store, String), ApiError> {
+        let uri = uri.trim();
+        let Some((scheme, _)) = uri.split_once("://") else {
+            if uri.is_empty() || uri.starts_with('/') || uri.starts_with('\\') {
+                return Err(ApiError::BadRequest(format!(
+                    "{uri:?} is not a key relative to the bucket nor an s3://, gs:// or az:// URL"
+                )));
+            }
+            return Ok((self.bucket.clone(), uri.to_string()));
+        };
+        if !matches!(
+            scheme.to_ascii_lowercase().as_str(),
+            "s3" | "s3a" | "gs" | "gcs" | "az" | "azure" | "abfs" | "abfss"
+        ) {
+            return Err(ApiError::BadRequest(format!(
+                "{uri}: only s3://, gs:// and az:// URLs or keys relative to the bucket are read"
+            )));
+        }
+        let (root, key) = parse_store_url(uri)?.split_object();
+        if key.is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "{uri} names a bucket, not an object"
+            )));
+        }
+        let root_text = root.display();
+        let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+        let store = match stores.get(&root_text) {
+            Some(store) => store.clone(),
+            None => {
+                let store = Store::open_url(root, &self.options)?;
+                stores.insert(root_text, store.clone());
+                store
+            }
+        };
+        Ok((store, key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(content_type: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(content_type).unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn content_types_pick_the_body_kind() {
+        assert_eq!(body_kind(&headers("image/JPEG")).unwrap(), BodyKind::Image);
+        assert_eq!(
+            body_kind(&headers("multipart/form-data; boundary=x")).unwrap(),
+            BodyKind::Multipart
+        );
+        assert_eq!(
+            body_kind(&headers("application/json; charset=utf-8")).unwrap(),
+            BodyKind::Json
+        );
+        assert_eq!(
+            body_kind(&headers("application/jsonlines")).unwrap(),
+            BodyKind::JsonLines
+        );
+        assert!(matches!(
+            body_kind(&headers("text/plain")),
+            Err(ApiError::UnsupportedMediaType(_))
+        ));
+        assert!(matches!(
+            body_kind(&HeaderMap::new()),
+            Err(ApiError::UnsupportedMediaType(_))
+        ));
+    }
+
+    #[test]
+    fn local_paths_outside_the_bucket_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let reader =
+            UriReader::open(dir.path().to_str().unwrap(), &StoreOptions::default()).unwrap();
+        for uri in [
+            "/etc/passwd",
+            "file:///etc/passwd",
+            "memory://x/y",
+            "",
+            "s3://bucket",
+        ] {
+            assert!(
+                matches!(reader.locate(uri), Err(ApiError::BadRequest(_))),
+                "{uri}"
+            );
+        }
+        assert!(reader.locate("photos/cat.jpg").is_ok());
+        assert!(reader.locate("s3://bucket/cat.jpg").is_ok());
+    }
+
+    #[test]
+    fn accept_header_asks_for_json_lines() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, application/jsonlines;q=0.9"),
+        );
+        assert!(accepts_json_lines(&h));
+        assert!(!accepts_json_lines(&HeaderMap::new()));
+    }
+}

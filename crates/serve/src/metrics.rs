@@ -1,0 +1,135 @@
+//! Prometheus metrics: the recorder, the names of every series, and process CPU and memory.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "bestiary_requests_total";
+pub const REQUEST_DURATION: &str = "bestiary_request_duration_seconds";
+pub const QUEUE_DURATION: &str = "bestiary_queue_duration_seconds";
+pub const PREPROCESS_DURATION: &str = "bestiary_preprocess_duration_seconds";
+pub const INFERENCE_DURATION: &str = "bestiary_inference_duration_seconds";
+pub const BATCH_SIZE: &str = "bestiary_batch_size";
+pub const QUEUE_DEPTH: &str = "bestiary_queue_depth";
+pub const IMAGES_CLASSIFIED: &str = "bestiary_images_classified_total";
+pub const IMAGES_REJECTED: &str = "bestiary_images_rejected_total";
+pub const MODEL_INFO: &str = "bestiary_model_info";
+pub const MODEL_RELOADS: &str = "bestiary_model_reloads_total";
+pub const PROCESS_CPU_SECONDS: &str = "bestiary_process_cpu_seconds_total";
+pub const PROCESS_RESIDENT_MEMORY: &str = "bestiary_process_resident_memory_bytes";
+pub const CPU_SECONDS_PER_IMAGE: &str = "bestiary_cpu_seconds_per_image";
+pub const COST_PER_1000_IMAGES: &str = "bestiary_cost_per_1000_images_usd";
+pub const COST_PER_VCPU_HOUR: &str = "bestiary_cost_per_vcpu_hour_usd";
+
+/// Latency buckets in seconds: 0.5 ms to 30 s.
+const LATENCY_BUCKETS: [f64; 17] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0,
+    20.0, 30.0,
+];
+const BATCH_SIZE_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// The process-wide Prometheus recorder. `metrics` has one global recorder per process, so every
+/// server in a process (tests start several) shares it; it is installed on first use.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &BATCH_SIZE_BUCKETS)
+            })
+            .expect("bucket lists are non-empty")
+            .install_recorder()
+            .expect("no other metrics recorder is installed in this process")
+    })
+}
+
+/// The text exposition of every metric, with the process figures refreshed first.
+pub fn render() -> String {
+    let handle = prometheus();
+    if let Some(stats) = ProcessStats::read() {
+        // A gauge, because `metrics` counters are integers and CPU time is fractional.
+        gauge!(PROCESS_CPU_SECONDS).set(stats.cpu.as_secs_f64());
+        gauge!(PROCESS_RESIDENT_MEMORY).set(stats.resident_bytes as f64);
+    }
+    handle.run_upkeep();
+    handle.render()
+}
+
+/// Records one finished HTTP request.
+pub fn record_request(route: &str, status: u16, elapsed: Duration) {
+    let route = route.to_string();
+    counter!(REQUESTS, "route" => route.clone(), "status" => status.to_string()).increment(1);
+    histogram!(REQUEST_DURATION, "route" => route).record(elapsed.as_secs_f64());
+}
+
+/// What this process has used so far, from `/proc/self` (Linux).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcessStats {
+    /// User plus system CPU time of every thread.
+    pub cpu: Duration,
+    pub resident_bytes: u64,
+}
+
+impl ProcessStats {
+    /// `None` where `/proc` is not available.
+    pub fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        Self::parse(&stat, &statm, clock_ticks_per_second(), page_size())
+    }
+
+    /// Parses `/proc/self/stat` (utime and stime, fields 14 and 15, in clock ticks) and
+    /// `/proc/self/statm` (resident pages, field 2).
+    fn parse(stat: &str, statm: &str, ticks_per_second: u64, page_size: u64) -> Option<Self> {
+        // The command name (field 2) is in parentheses and may contain spaces: count fields
+        // from the last ')'.
+        let after_name = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        // `after_name` starts at field 3 (state), so field n is at index n - 3.
+        let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
+        let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
+        let resident_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        let ticks = utime + stime;
+        Some(Self {
+            cpu: Duration::from_secs(ticks / ticks_per_second)
+                + Duration::from_nanos(
+                    (ticks % ticks_per_second) * 1_000_000_000 / ticks_per_second,
+                ),
+            resident_bytes: resident_pages * page_size,
+        })
+    }
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions; it returns -1 for unknown names.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as u64 } else { 100 }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: as above.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as u64 } else { 4096 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_stat_with_spaces_in_the_name() {
+        let stat = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 130 0 0 20 0 8 0 5 1000 300";
+        let stats = ProcessStats::parse(stat, "5000 300 200 1 0 400 0", 100, 4096).unwrap();
+        assert_eq!(stats.cpu, Duration::from_millis(3800));
+        assert_eq!(stats.resident_bytes, 300 * 4096);
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let stats = ProcessStats::read().expect("Linux has /proc/self");
+        assert!(stats.resident_bytes > 1024 * 1024, "{stats:?}");
+    }
+}

@@ -1,0 +1,290 @@
+//! The model being served: where it comes from, loading and warming a version, and swapping it
+//! atomically when its `latest` pointer moves.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+use bestiary_dataset::decode::DecodeLimits;
+use bestiary_engine::{EngineError, EngineKind, EngineOptions, LoadedModel, Preprocessor};
+use bestiary_model::{LATEST, ModelRepository, resolve};
+use bestiary_storage::StoreOptions;
+use metrics::{counter, gauge};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+use crate::metrics::{MODEL_INFO, MODEL_RELOADS};
+
+/// A loaded model version with the pre-processing its input needs.
+pub struct ServedModel {
+    pub model: LoadedModel,
+    pub preprocessor: Preprocessor,
+    /// RFC 3339, UTC.
+    pub loaded_at: String,
+}
+
+impl ServedModel {
+    pub fn new(model: LoadedModel, limits: &DecodeLimits) -> Self {
+        let preprocessor = model.preprocessor(limits.clone());
+        Self {
+            model,
+            preprocessor,
+            loaded_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.model.metadata.name
+    }
+
+    pub fn version(&self) -> &str {
+        &self.model.metadata.version
+    }
+
+    pub fn engine(&self) -> &'static str {
+        self.model.engine.kind().name()
+    }
+}
+
+/// Where the served model comes from.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    /// The model shipped with Bestiary (`--model` not given).
+    Builtin,
+    /// One fixed version: `<root>/<name>/<version>`.
+    Version { url: String },
+    /// A pointer that moves when a new version is committed: `<root>/<name>/latest` or
+    /// `<root>/<name>`. Checked every poll interval, on SIGHUP and on `POST /admin/reload`.
+    Latest {
+        url: String,
+        repository: Box<ModelRepository>,
+        name: String,
+    },
+}
+
+impl ModelSource {
+    /// Classifies `--model`: a URL whose last segment is the version it resolves to is fixed;
+    /// one ending in `latest`, or naming the model folder, follows the pointer.
+    pub async fn from_url(url: Option<&str>, store: &StoreOptions) -> Result<Self, EngineError> {
+        let Some(url) = url else {
+            return Ok(Self::Builtin);
+        };
+        let (repository, name, version) = resolve(url, store).await?;
+        let last = url
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or_default();
+        if last == version && last != LATEST {
+            Ok(Self::Version {
+                url: url.to_string(),
+            })
+        } else {
+            Ok(Self::Latest {
+                url: url.to_string(),
+                repository: Box::new(repository),
+                name,
+            })
+        }
+    }
+
+    /// Whether the model can change while serving.
+    pub fn follows_latest(&self) -> bool {
+        matches!(self, Self::Latest { .. })
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Builtin => "the built-in model".into(),
+            Self::Version { url } => url.clone(),
+            Self::Latest { url, .. } => format!("{url} (following its latest version)"),
+        }
+    }
+}
+
+/// How models are turned into engines.
+#[derive(Debug, Clone, Default)]
+pub struct EngineSettings {
+    pub kind: EngineKind,
+    pub options: EngineOptions,
+}
+
+/// Loads the model at `url` into an engine; `None` means the built-in model.
+pub async fn load_model(
+    url: Option<&str>,
+    engine: &EngineSettings,
+    store: &StoreOptions,
+) -> Result<LoadedModel, EngineError> {
+    match url {
+        Some(url) => LoadedModel::load(url, engine.kind, &engine.options, store).await,
+        None => Err(EngineError::Unavailable {
+            engine: engine.kind.name(),
+            reason: "this build has no built-in model".into(),
+            hint: "Pass --model <root>/<name>[/<version>|/latest] (a folder written by `bestiary train`).".into(),
+        }),
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ReloadOutcome {
+    /// The version served before.
+    pub previous: Option<String>,
+    /// The version served now.
+    pub current: String,
+    /// Whether a new version was loaded and swapped in.
+    pub swapped: bool,
+}
+
+/// The served model, replaced atomically: requests take the model of the moment and keep it to
+/// the end, so a swap never changes a model under a request or its batch.
+pub struct ModelManager {
+    current: ArcSwapOption<ServedModel>,
+    source: std::sync::Mutex<Option<ModelSource>>,
+    engine: EngineSettings,
+    store: StoreOptions,
+    limits: DecodeLimits,
+    /// One load at a time: a poll and an admin call at once must not load the version twice.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl ModelManager {
+    pub fn new(engine: EngineSettings, store: StoreOptions, limits: DecodeLimits) -> Self {
+        Self {
+            current: ArcSwapOption::empty(),
+            source: std::sync::Mutex::new(None),
+            engine,
+            store,
+            limits,
+            reloading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The model of the moment, or `None` before the first one is ready.
+    pub fn current(&self) -> Option<Arc<ServedModel>> {
+        self.current.load_full()
+    }
+
+    pub fn source(&self) -> Option<ModelSource> {
+        self.source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Loads, warms and serves the model `url` names (`None`: the built-in model).
+    pub async fn load(&self, url: Option<&str>) -> Result<Arc<ServedModel>, EngineError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let source = ModelSource::from_url(url, &self.store).await?;
+        let loaded = match &source {
+            // The pointer is read once, here: the version loaded is the one reported.
+            ModelSource::Latest {
+                repository, name, ..
+            } => {
+                let version = repository.latest(name).await?.ok_or_else(|| {
+                    bestiary_model::ModelError::NotFound {
+                        url: repository.store().url_of(name),
+                    }
+                })?;
+                let version_url = repository.store().url_of(&format!("{name}/{version}"));
+                load_model(Some(&version_url), &self.engine, &self.store).await?
+            }
+            ModelSource::Version { url } => {
+                load_model(Some(url), &self.engine, &self.store).await?
+            }
+            ModelSource::Builtin => load_model(None, &self.engine, &self.store).await?,
+        };
+        let served = self.warm(loaded).await?;
+        *self.source.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
+        self.swap_in(served.clone());
+        Ok(served)
+    }
+
+    /// Serves an already loaded model (warming it first).
+    pub async fn install(&self, model: LoadedModel) -> Result<Arc<ServedModel>, EngineError> {
+        let served = self.warm(model).await?;
+        self.swap_in(served.clone());
+        Ok(served)
+    }
+
+    /// Checks the source for a newer version; when there is one, loads and warms it beside the
+    /// serving model and swaps it in. Requests keep flowing to the old model until the swap.
+    pub async fn reload(&self) -> Result<ReloadOutcome, ApiError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let previous = self.current().map(|m| m.version().to_string());
+        let Some(ModelSource::Latest {
+            repository, name, ..
+        }) = self.source()
+        else {
+            // A fixed version or the built-in model never changes.
+            let current = previous.clone().ok_or(ApiError::NotReady)?;
+            return Ok(ReloadOutcome {
+                previous,
+                current,
+                swapped: false,
+            });
+        };
+        let latest = repository
+            .latest(&name)
+            .await
+            .map_err(|e| reload_failed(&e.to_string()))?
+            .ok_or_else(|| reload_failed(&format!("{name} has no latest version any more")))?;
+        if previous.as_deref() == Some(latest.as_str()) {
+            return Ok(ReloadOutcome {
+                current: latest,
+                previous,
+                swapped: false,
+            });
+        }
+        let version_url = repository.store().url_of(&format!("{name}/{latest}"));
+        let loaded = load_model(Some(&version_url), &self.engine, &self.store)
+            .await
+            .map_err(|e| reload_failed(&e.to_string()))?;
+        let served = self
+            .warm(loaded)
+            .await
+            .map_err(|e| reload_failed(&e.to_string()))?;
+        let current = served.version().to_string();
+        self.swap_in(served);
+        counter!(MODEL_RELOADS, "outcome" => "swapped").increment(1);
+        tracing::info!(
+            model = %name,
+            from = previous.as_deref().unwrap_or("-"),
+            to = %current,
+            "swapped in a new model version"
+        );
+        Ok(ReloadOutcome {
+            previous,
+            current,
+            swapped: true,
+        })
+    }
+
+    async fn warm(&self, model: LoadedModel) -> Result<Arc<ServedModel>, EngineError> {
+        let served = Arc::new(ServedModel::new(model, &self.limits));
+        let warming = served.clone();
+        tokio::task::spawn_blocking(move || warming.model.warm_up())
+            .await
+            .map_err(|e| EngineError::Inference {
+                engine: served.engine(),
+                reason: format!("warm-up stopped: {e}"),
+            })??;
+        Ok(served)
+    }
+
+    fn swap_in(&self, served: Arc<ServedModel>) {
+        if let Some(old) = self.current.swap(Some(served.clone())) {
+            gauge!(MODEL_INFO, "name" => old.name().to_string(), "version" => old.version().to_string(), "engine" => old.engine())
+                .set(0.0);
+        }
+        gauge!(MODEL_INFO, "name" => served.name().to_string(), "version" => served.version().to_string(), "engine" => served.engine())
+            .set(1.0);
+    }
+}
+
+fn reload_failed(reason: &str) -> ApiError {
+    counter!(MODEL_RELOADS, "outcome" => "failed").increment(1);
+    tracing::warn!("model reload failed, still serving the previous version: {reason}");
+    ApiError::Internal(format!("model reload failed: {reason}"))
+}

@@ -1,0 +1,148 @@
+//! The router: every route, and the layers around them (panics, CORS, metrics, auth, limits).
+
+pub mod admin;
+pub mod docs;
+pub mod native;
+pub mod oip;
+pub mod sagemaker;
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::auth::{ApiKeys, require_api_key};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Every route of the server with its layers.
+pub fn router(state: AppState) -> Router {
+    let keys = ApiKeys::new(&state.config.api_keys);
+    // The routes that classify share the concurrency limit and the request timeout.
+    let inference = Router::new()
+        .route("/v1/classify", post(native::classify))
+        .route("/invocations", post(sagemaker::invocations))
+        .route("/v2/models/{name}/infer", post(oip::infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(oip::infer_version),
+        )
+        .route_layer(from_fn_with_state(state.clone(), limit_inference));
+    let router = Router::new()
+        .merge(inference)
+        .route("/v1/models", get(native::list_models))
+        .route("/v1/models/{name}", get(native::get_model))
+        .route("/v1/usage", get(native::usage))
+        .route("/ping", get(sagemaker::ping))
+        .route(
+            "/execution-parameters",
+            get(sagemaker::execution_parameters),
+        )
+        .route("/v2", get(oip::server_metadata))
+        .route("/v2/health/live", get(oip::live))
+        .route("/v2/health/ready", get(oip::ready))
+        .route("/v2/models/{name}", get(oip::model_metadata))
+        .route("/v2/models/{name}/ready", get(oip::model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(oip::model_version_metadata),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(oip::model_version_ready),
+        )
+        .route("/admin/reload", post(admin::reload))
+        .route("/metrics", get(admin::metrics))
+        .route("/openapi.json", get(docs::openapi))
+        .route("/docs", get(docs::page))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state.clone())
+        // Multipart bodies are limited by this; raw bodies are read with the same limit.
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(from_fn_with_state(keys, require_api_key))
+        .layer(from_fn(observe));
+    let router = match cors(&state.config.cors_allow_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.layer(CatchPanicLayer::custom(
+        |_: Box<dyn std::any::Any + Send>| {
+            ApiError::Internal("the request handler panicked".into()).into_response()
+        },
+    ))
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::NotFound(format!("no route {} (see /docs)", request.uri().path()))
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{} is not allowed on {}",
+        request.method(),
+        request.uri().path()
+    ))
+}
+
+/// Counts every request by route and status, and times it.
+async fn observe(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |path| path.as_str())
+        .to_string();
+    let response = next.run(request).await;
+    crate::metrics::record_request(&route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// `--max-concurrent-requests` (429 beyond it, at once) and the per-request timeout.
+async fn limit_inference(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let _slot = state.concurrency.clone().try_acquire_owned().map_err(|_| {
+        ApiError::overloaded(format!(
+            "{} requests are already being handled; retry shortly",
+            state.config.max_concurrent_requests
+        ))
+    })?;
+    let timeout = state.config.request_timeout;
+    tokio::time::timeout(timeout, next.run(request))
+        .await
+        .map_err(|_| ApiError::Timeout(timeout))
+}
+
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow_origin = if origins.iter().any(|o| o.trim() == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim()).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
+            .expose_headers([
+                header::RETRY_AFTER,
+                HeaderName::from_static("content-length"),
+            ]),
+    )
+}
