@@ -15,8 +15,10 @@ use crate::model::LoadedModel;
 /// What the built-in model's `source` says, and what users may pass as `--model` to name it.
 pub const SOURCE: &str = "builtin:animals";
 
-const MODEL_JSON: &[u8] = include_bytes!(concat!(env!("BESTIARY_BUILTIN_MODEL_DIR"), "/model.json"));
-const MODEL_ONNX: &[u8] = include_bytes!(concat!(env!("BESTIARY_BUILTIN_MODEL_DIR"), "/model.onnx"));
+const MODEL_JSON: &[u8] =
+    include_bytes!(concat!(env!("BESTIARY_BUILTIN_MODEL_DIR"), "/model.json"));
+const MODEL_ONNX: &[u8] =
+    include_bytes!(concat!(env!("BESTIARY_BUILTIN_MODEL_DIR"), "/model.onnx"));
 
 /// The built-in model's metadata (name, version, classes, input, metrics).
 pub fn metadata() -> ModelMetadata {
@@ -83,7 +85,15 @@ mod tests {
         assert_eq!(
             metadata.classes,
             [
-                "butterfly", "cat", "chicken", "cow", "dog", "elephant", "horse", "sheep", "spider",
+                "butterfly",
+                "cat",
+                "chicken",
+                "cow",
+                "dog",
+                "elephant",
+                "horse",
+                "sheep",
+                "spider",
                 "squirrel"
             ]
         );
@@ -95,7 +105,9 @@ mod tests {
 
     #[test]
     fn builtin_refuses_burn_with_a_reason() {
-        let error = load(EngineKind::Burn, &EngineOptions::default()).err().unwrap();
+        let error = load(EngineKind::Burn, &EngineOptions::default())
+            .err()
+            .unwrap();
         assert!(error.to_string().contains("ONNX graph"), "{error}");
     }
 }

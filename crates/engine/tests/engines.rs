@@ -411,3 +411,41 @@ fn float16_initialisers_behind_casts_load_in_ort_and_tract() {
         assert!(diff < 1e-4, "{kind}: differs from tract by {diff}");
     }
 }
+
+#[test]
+fn the_builtin_float16_model_runs_alike_in_ort_and_tract() {
+    use bestiary_engine::builtin;
+    let tract = builtin::load(EngineKind::Tract, &offline()).unwrap();
+    let preprocessor = tract.preprocessor(DecodeLimits::default());
+    let mut photos = vec![bestiary_testkit::photos::encode(
+        &photo(3, 1, 320, 240),
+        image::ImageFormat::Jpeg,
+    )];
+    let cat = bestiary_testkit::photos::shared_data("animals10/images/cat");
+    if let Some(folder) = &cat {
+        let mut files: Vec<_> = std::fs::read_dir(folder)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        files.sort();
+        photos.push(std::fs::read(&files[0]).unwrap());
+    }
+    let per_image = preprocessor.input_len();
+    let mut input = vec![0.0; photos.len() * per_image];
+    for (bytes, out) in photos.iter().zip(input.chunks_exact_mut(per_image)) {
+        preprocessor.preprocess(bytes, out).unwrap();
+    }
+    let expected = tract.classify_tensors(&input, photos.len(), 1).unwrap();
+    if cat.is_some() {
+        assert_eq!(expected[1].label, "cat");
+    }
+    if ort_available() {
+        let ort = builtin::load(EngineKind::Ort, &offline()).unwrap();
+        let actual = ort.classify_tensors(&input, photos.len(), 1).unwrap();
+        for (a, e) in actual.iter().zip(&expected) {
+            assert_eq!(a.label, e.label);
+            let diff = max_diff(&a.probabilities, &e.probabilities);
+            assert!(diff < 1e-4, "ort and tract differ by {diff}");
+        }
+    }
+}

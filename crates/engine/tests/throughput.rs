@@ -22,7 +22,7 @@ fn batch_one_throughput_per_engine() {
         1,
     );
     let options = EngineOptions {
-        threads: Some(1),
+        threads: None,
         allow_download: false,
     };
     let mut kinds = vec![EngineKind::Tract, EngineKind::Burn];

@@ -623,12 +623,16 @@ fn fp16_weights_halve_the_file_and_keep_the_outputs() {
     graph.output(&features, "features", 16 * 6 * 6);
     let full = graph.finish("test", &[]).expect("export succeeds");
 
-    let (half, summary) =
-        bestiary_model::onnx::fp16::with_fp16_weights(&full).expect("converts");
+    let (half, summary) = bestiary_model::onnx::fp16::with_fp16_weights(&full).expect("converts");
     // Both weight tensors are converted; the 16-element biases are too small to bother.
     assert_eq!(summary.converted, 2);
     assert!(summary.kept >= 2, "{summary:?}");
-    assert!(half.len() * 10 < full.len() * 7, "{} vs {}", half.len(), full.len());
+    assert!(
+        half.len() * 10 < full.len() * 7,
+        "{} vs {}",
+        half.len(),
+        full.len()
+    );
     assert!(describe(&half).unwrap().contains("Cast("));
 
     let input = Nd::random(&mut rng, &[2, 3, 12, 12], 1.0);
