@@ -186,6 +186,42 @@ impl SplitArgs {
 pub enum BenchCommand {
     /// Images per second the data loader delivers, cold (download + decode) and from its cache.
     Loader(BenchLoaderArgs),
+    /// Images per second one inference engine computes on a model (preprocessed tensors in,
+    /// predictions out), the figure `bench/run` compares with onnxruntime in Python and PyTorch.
+    ///
+    /// Example: bestiary bench engine --model builtin --engine tract --batch-size 32
+    Engine(BenchEngineArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchEngineArgs {
+    /// The model: `<root>/<name>[/<version>|/latest]`, or `builtin` (the built-in animal model).
+    #[arg(long, env = "BESTIARY_MODEL", default_value = "builtin")]
+    pub model: String,
+
+    /// Inference engine: auto, ort, tract, burn.
+    #[arg(long, env = "BESTIARY_ENGINE", default_value_t = EngineKind::Auto)]
+    pub engine: EngineKind,
+
+    /// Images per inference call.
+    #[arg(long, env = "BESTIARY_BATCH_SIZE", default_value_t = 1)]
+    pub batch_size: usize,
+
+    /// Timed inference calls.
+    #[arg(long, env = "BESTIARY_BENCH_ITERATIONS", default_value_t = 50)]
+    pub iterations: usize,
+
+    /// Untimed calls first (allocations, kernel selection, thread start-up).
+    #[arg(long, env = "BESTIARY_BENCH_WARMUP", default_value_t = 3)]
+    pub warmup: usize,
+
+    /// Threads one inference may use (default: every core).
+    #[arg(long, env = "BESTIARY_THREADS")]
+    pub threads: Option<usize>,
+
+    /// Print the result as JSON.
+    #[arg(long, env = "BESTIARY_JSON")]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -324,10 +360,16 @@ pub struct TrainArgs {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// The model: `<root>/<name>` (its latest version), `<root>/<name>/latest` or
-    /// `<root>/<name>/<version>`.
+    /// The model: `<root>/<name>` (its latest version), `<root>/<name>/latest`,
+    /// `<root>/<name>/<version>`, or `builtin` (the built-in animal model).
     #[arg(long, env = "BESTIARY_MODEL")]
     pub model: String,
+
+    /// Evaluate the ONNX graph in this inference engine (auto, ort, tract) — exactly what
+    /// `serve` runs — instead of the burn network. Models without burn weights (the built-in
+    /// one, serving bundles) are always evaluated this way.
+    #[arg(long, env = "BESTIARY_ENGINE")]
+    pub engine: Option<EngineKind>,
 
     #[arg(long, env = "BESTIARY_DATA", help = DATA_HELP)]
     pub data: String,
@@ -475,7 +517,7 @@ pub struct ServeArgs {
     pub shutdown_timeout: f64,
 
     /// API key clients must send as `Authorization: Bearer <key>` (repeat the flag or separate
-    /// keys with commas); /ping, /metrics and /v2/health/* stay open.
+    /// keys with commas); /ping, /metrics, /v2/health/* and /docs stay open.
     #[arg(long, env = "BESTIARY_API_KEY")]
     pub api_key: Vec<String>,
 

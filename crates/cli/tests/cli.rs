@@ -405,4 +405,71 @@ fn trained_models_are_evaluated_and_exported_again() {
     ));
     assert!(text.contains("Conv(") && text.contains("logits"), "{text}");
     assert!(std::fs::metadata(&onnx).unwrap().len() > 1000);
+
+    // The ONNX graph in an inference engine scores the same photos like the burn network.
+    let text = stdout(&bestiary(
+        &[
+            "eval", "--model", &model, "--json", "--engine", "tract", "--data", data,
+        ],
+        &[],
+    ));
+    let in_engine: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(in_engine["images"], 20, "{text}");
+    assert_eq!(in_engine["top1"], result["top1"], "{text}");
+
+    // A float16 serving bundle (no burn weights) is a model of its own, evaluated in an engine.
+    let bundles = tempfile::tempdir().unwrap();
+    let bundles_url = bundles.path().to_str().unwrap();
+    stdout(&bestiary(
+        &[
+            "export",
+            "--model",
+            &model,
+            "--fp16",
+            "--bundle",
+            bundles_url,
+        ],
+        &[],
+    ));
+    let bundle = format!("{bundles_url}/tiny");
+    assert!(
+        !bundles
+            .path()
+            .join("tiny")
+            .read_dir()
+            .unwrap()
+            .any(|entry| { entry.unwrap().path().join("weights.safetensors").exists() })
+    );
+    let text = stdout(&bestiary(
+        &["eval", "--model", &bundle, "--json", "--data", data],
+        &[],
+    ));
+    let bundled: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(bundled["images"], 20, "{text}");
+    assert_eq!(bundled["version"], result["version"], "{text}");
+}
+
+#[test]
+fn builtin_model_recognises_the_animals10_validation_photos() {
+    let Some(animals) = bestiary_testkit::photos::shared_data("animals10/images") else {
+        eprintln!("skipped: ../shared/data/animals10 is absent");
+        return;
+    };
+    let text = stdout(&bestiary(
+        &[
+            "eval",
+            "--model",
+            "builtin",
+            "--json",
+            "--split",
+            "validation",
+            "--data",
+            animals.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    let result: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(result["images"], 45, "{text}");
+    // The shipped version scored 43 of 45 when it was trained (README).
+    assert!(result["top1"].as_f64().unwrap() >= 0.93, "{text}");
 }

@@ -214,19 +214,30 @@ pub fn eval_loader(
 /// Runs `model` in inference mode over `loader`. Blocks: call it off the async runtime.
 pub fn predict(model: &Classifier, loader: &Loader, device: &Device) -> Result<Predictions> {
     let model = model.valid();
+    predict_with(loader, |images, batch, size| {
+        let images = Tensor::<4>::from_data(
+            TensorData::new(images.to_vec(), [batch, 3, size, size]),
+            device,
+        );
+        softmax(model.forward(images), 1)
+            .into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| TrainError::Invalid(format!("unexpected model output: {e:?}")))
+    })
+}
+
+/// Runs any network over `loader`: `probabilities(images, batch, side)` returns the softmax rows
+/// of one batch of preprocessed images. Blocks: call it off the async runtime.
+pub fn predict_with(
+    loader: &Loader,
+    mut probabilities: impl FnMut(&[f32], usize, usize) -> Result<Vec<f32>>,
+) -> Result<Predictions> {
     let mut predictions = Predictions::default();
     for batch in loader.epoch(0) {
         let size = batch.image_size as usize;
-        let images = Tensor::<4>::from_data(
-            TensorData::new(batch.images.clone(), [batch.len(), 3, size, size]),
-            device,
-        );
-        let probabilities: Vec<f32> = softmax(model.forward(images), 1)
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| TrainError::Invalid(format!("unexpected model output: {e:?}")))?;
-        let classes = probabilities.len() / batch.len().max(1);
-        for (row, &index) in probabilities.chunks(classes.max(1)).zip(&batch.samples) {
+        let rows = probabilities(&batch.images, batch.len(), size)?;
+        let classes = rows.len() / batch.len().max(1);
+        for (row, &index) in rows.chunks(classes.max(1)).zip(&batch.samples) {
             let sample = &loader.samples()[index];
             predictions.ids.push(sample.id.clone());
             predictions.labels.push(sample.label);
@@ -278,7 +289,29 @@ pub async fn evaluate(
     cache: Option<ImageCache>,
 ) -> Result<EvalReport> {
     let stored = StoredModel::load(model_url, store).await?;
-    let metadata = &stored.metadata;
+    let samples = eval_samples(&stored.metadata, data, which)?;
+    evaluate_weights(
+        &stored.architecture,
+        stored.weights.clone(),
+        &stored.metadata,
+        &data.url,
+        samples,
+        data.stores.clone(),
+        cache,
+    )
+    .await
+}
+
+/// The photos of `data` to evaluate a model with `metadata` on, labels turned into indices of
+/// the model's classes.
+///
+/// # Errors
+/// When the dataset has a class the model does not know.
+pub fn eval_samples(
+    metadata: &ModelMetadata,
+    data: &Dataset,
+    which: EvalSplit,
+) -> Result<Vec<Sample>> {
     // Dataset labels index the dataset's classes; the model may order (or outnumber) them
     // differently.
     let mapping = data
@@ -301,7 +334,7 @@ pub async fn evaluate(
         EvalSplit::All => data.train.iter().chain(&data.validation).collect(),
         EvalSplit::Validation => data.validation.iter().collect(),
     };
-    let samples = chosen
+    chosen
         .into_iter()
         .map(|sample| {
             let mut sample = sample.clone();
@@ -310,17 +343,7 @@ pub async fn evaluate(
             })?;
             Ok(sample)
         })
-        .collect::<Result<Vec<_>>>()?;
-    evaluate_weights(
-        &stored.architecture,
-        stored.weights.clone(),
-        metadata,
-        &data.url,
-        samples,
-        data.stores.clone(),
-        cache,
-    )
-    .await
+        .collect()
 }
 
 /// The per-epoch figures stored with a model version (empty for imported models).

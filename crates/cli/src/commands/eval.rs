@@ -3,11 +3,13 @@
 use std::fmt::Write;
 use std::process::ExitCode;
 
-use bestiary_dataset::ImageCache;
-use bestiary_storage::Store;
-use bestiary_train::eval::training_history;
+use bestiary_dataset::{Dataset, ImageCache};
+use bestiary_engine::prediction::softmax;
+use bestiary_engine::{EngineKind, EngineOptions, builtin};
+use bestiary_storage::{Store, StoreOptions};
+use bestiary_train::eval::{eval_loader, eval_samples, predict_with, training_history};
 use bestiary_train::report::render_html;
-use bestiary_train::{EvalReport, EvalSplit, evaluate};
+use bestiary_train::{EvalReport, EvalSplit, TrainError, evaluate};
 
 use crate::args::{EvalArgs, EvalSplitArg, GlobalArgs};
 use crate::progress;
@@ -28,11 +30,28 @@ pub async fn eval(global: &GlobalArgs, args: EvalArgs) -> anyhow::Result<ExitCod
     .ok();
     let store_options = global.store_options();
     let spinner = progress::bar(None, "evaluating", hidden);
-    let report = evaluate(&args.model, &dataset, which, &store_options, cache).await?;
+    let builtin = builtin::is_builtin(&args.model);
+    let engine = match args.engine {
+        Some(engine) => Some(engine),
+        None if builtin || !has_burn_weights(&args.model, &store_options).await => {
+            Some(EngineKind::Auto)
+        }
+        None => None,
+    };
+    let report = match engine {
+        Some(engine) => {
+            evaluate_in_engine(&args.model, engine, &dataset, which, &store_options, cache).await?
+        }
+        None => evaluate(&args.model, &dataset, which, &store_options, cache).await?,
+    };
     spinner.finish_and_clear();
 
     if let Some(target) = &args.report {
-        let history = training_history(&args.model, &store_options).await?;
+        let history = if builtin {
+            Vec::new()
+        } else {
+            training_history(&args.model, &store_options).await?
+        };
         let (store, key) = Store::open_object(target, &store_options)?;
         store.put(&key, render_html(&report, &history)).await?;
         if !hidden {
@@ -45,6 +64,55 @@ pub async fn eval(global: &GlobalArgs, args: EvalArgs) -> anyhow::Result<ExitCod
         print!("{}", summary(&report));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the model's version folder has the burn weights the burn evaluation needs.
+async fn has_burn_weights(model_url: &str, store: &StoreOptions) -> bool {
+    match bestiary_model::resolve(model_url, store).await {
+        Ok((repository, name, version)) => repository
+            .store()
+            .exists(&format!("{name}/{version}/weights.safetensors"))
+            .await
+            .unwrap_or(true),
+        // Let the burn path report the problem with its own message.
+        Err(_) => true,
+    }
+}
+
+/// Evaluates the model's ONNX graph in an inference engine, with the same photos, transform
+/// and report as the burn evaluation.
+async fn evaluate_in_engine(
+    model_url: &str,
+    engine: EngineKind,
+    dataset: &Dataset,
+    which: EvalSplit,
+    store: &StoreOptions,
+    cache: Option<ImageCache>,
+) -> anyhow::Result<EvalReport> {
+    let model =
+        builtin::load_model(Some(model_url), engine, &EngineOptions::default(), store).await?;
+    let samples = eval_samples(&model.metadata, dataset, which)?;
+    let loader = eval_loader(&model.metadata, samples, dataset.stores.clone(), cache);
+    let classes = model.metadata.classes.len();
+    let (task_loader, task_model) = (loader.clone(), model.clone());
+    let predictions = tokio::task::spawn_blocking(move || {
+        predict_with(&task_loader, |images, batch, _| {
+            let logits = task_model
+                .engine
+                .infer(images, batch)
+                .map_err(|e| TrainError::Invalid(e.to_string()))?;
+            Ok(logits.chunks(classes).flat_map(softmax).collect())
+        })
+    })
+    .await??;
+    Ok(EvalReport::from_predictions(
+        &model.metadata.name,
+        &model.metadata.version,
+        &dataset.url,
+        &model.metadata.classes,
+        &predictions,
+        loader.bad_files(),
+    ))
 }
 
 /// The evaluation as aligned text tables.
