@@ -37,13 +37,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             commands::dataset::inspect(global, args).await
         }
         Command::Bench(BenchCommand::Loader(args)) => commands::bench::loader(global, args).await,
+        Command::Bench(BenchCommand::Engine(args)) => commands::bench::engine(global, args).await,
         Command::Train(args) => commands::train::train(global, *args).await,
         Command::Eval(args) => commands::eval::eval(global, args).await,
         Command::Export(args) => commands::export::export(global, args).await,
         Command::Import(args) => commands::import::import(global, args).await,
         Command::Serve(args) => commands::serve::serve(global, *args).await,
-        Command::Classify(_) => commands::pending("classify", 5),
-        Command::Watch(_) => commands::pending("watch", 5),
+        Command::Classify(args) => commands::classify::classify(global, *args).await,
+        Command::Watch(args) => commands::watch::watch(global, *args).await,
     }
 }
 

@@ -225,10 +225,10 @@ fn help_lists_every_command() {
 
 #[test]
 fn commands_not_built_yet_say_so() {
-    let output = bestiary(&["serve"], &[]);
+    let output = bestiary(&["classify"], &[]);
     assert_eq!(output.status.code(), Some(3));
     assert!(
-        String::from_utf8_lossy(&output.stderr).contains("not built yet (tracked in issue #4)")
+        String::from_utf8_lossy(&output.stderr).contains("not built yet (tracked in issue #5)")
     );
 }
 

@@ -1,4 +1,5 @@
-//! API keys: Bearer tokens checked in constant time on every route but health, ping and metrics.
+//! API keys: Bearer tokens checked in constant time on every route but health, ping, metrics
+//! and the static docs page.
 
 use std::sync::Arc;
 
@@ -10,8 +11,16 @@ use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 
-/// Paths anyone may call: orchestrators probe them without credentials.
-const PUBLIC_PATHS: [&str; 4] = ["/ping", "/metrics", "/v2/health/live", "/v2/health/ready"];
+/// Paths anyone may call: orchestrators probe health, ping and metrics without credentials, and
+/// a browser cannot send a Bearer token when it opens the docs page. That page is static (it
+/// asks for the key and fetches the protected `/openapi.json` with it), so it reveals nothing.
+const PUBLIC_PATHS: [&str; 5] = [
+    "/ping",
+    "/metrics",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/docs",
+];
 
 /// The accepted keys. Empty means authentication is off.
 #[derive(Clone, Default)]

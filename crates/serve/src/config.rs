@@ -54,7 +54,9 @@ impl Default for ServeConfig {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_batch_size: 32,
-            max_batch_delay: Duration::from_millis(5),
+            // Short: under load the inference thread is busy and batches fill while it works;
+            // the delay only holds back a lone request, which it costs latency.
+            max_batch_delay: Duration::from_millis(2),
             max_queue: 1024,
             max_concurrent_requests: 512,
             max_body_bytes: 32 * 1024 * 1024,

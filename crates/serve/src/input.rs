@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::{HeaderMap, header};
 use base64::Engine as _;
 use bestiary_storage::{StorageErrorKind, Store, StoreOptions, StoreUrl, parse_store_url};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -123,17 +124,37 @@ pub fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
     }
 }
 
+/// Bytes of an oversized body still read (and dropped) before answering 413.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+/// How long draining an oversized body may take.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
 /// Reads the whole body, refusing more than `limit` bytes.
+///
+/// An oversized body is still read to its end (up to [`DRAIN_LIMIT`]) before the 413 goes out:
+/// closing a connection with unread data makes the kernel reset it, and the client would then
+/// see "connection reset" instead of the answer.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|error| {
-        let too_large = std::error::Error::source(&error)
-            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            too_large_body(limit)
-        } else {
-            ApiError::BadRequest(format!("cannot read the request body: {error}"))
+    let mut stream = body.into_data_stream();
+    let mut bytes = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
+        if bytes.len() + chunk.len() > limit {
+            let mut drained = bytes.len() + chunk.len();
+            let _ = tokio::time::timeout(DRAIN_TIME, async {
+                while drained <= DRAIN_LIMIT
+                    && let Some(Ok(chunk)) = stream.next().await
+                {
+                    drained += chunk.len();
+                }
+            })
+            .await;
+            return Err(too_large_body(limit));
         }
-    })
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes.freeze())
 }
 
 fn too_large_body(limit: usize) -> ApiError {
@@ -150,13 +171,13 @@ pub async fn read_images(
     uris: &UriReader,
 ) -> Result<(BodyKind, Vec<ImageInput>), ApiError> {
     let kind = body_kind(request.headers())?;
-    // Reject a declared oversize body before reading any of it.
+    // A body declared far too large is refused before any of it is read.
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > limit) {
+    if declared.is_some_and(|length| length > limit.saturating_add(DRAIN_LIMIT)) {
         return Err(too_large_body(limit));
     }
     let images = match kind {
@@ -167,7 +188,11 @@ pub async fn read_images(
                 bytes,
             }]
         }
-        BodyKind::Multipart => read_multipart(request).await?,
+        BodyKind::Multipart => {
+            let (parts, body) = request.into_parts();
+            let bytes = read_body(body, limit).await?;
+            read_multipart(Request::from_parts(parts, Body::from(bytes))).await?
+        }
         BodyKind::Json => {
             let bytes = read_body(request.into_body(), limit).await?;
             let body: UriRequest = serde_json::from_slice(&bytes).map_err(|e| {
@@ -186,16 +211,13 @@ pub async fn read_images(
     Ok((kind, images))
 }
 
+/// The files of a multipart body already read (and size-checked) into memory.
 async fn read_multipart(request: Request) -> Result<Vec<ImageInput>, ApiError> {
     let mut multipart = Multipart::from_request(request, &())
         .await
         .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
     let multipart_error = |e: axum::extract::multipart::MultipartError| {
-        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(format!("the multipart body is too large: {e}"))
-        } else {
-            ApiError::BadRequest(format!("invalid multipart body: {e}"))
-        }
+        ApiError::BadRequest(format!("invalid multipart body: {e}"))
     };
     let mut images = Vec::new();
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {

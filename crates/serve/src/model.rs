@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
 use bestiary_dataset::decode::DecodeLimits;
-use bestiary_engine::{EngineError, EngineKind, EngineOptions, LoadedModel, Preprocessor};
+use bestiary_engine::{EngineError, EngineKind, EngineOptions, LoadedModel, Preprocessor, builtin};
 use bestiary_model::{LATEST, ModelRepository, resolve};
 use bestiary_storage::StoreOptions;
 use metrics::{counter, gauge};
@@ -50,7 +50,7 @@ impl ServedModel {
 /// Where the served model comes from.
 #[derive(Debug, Clone)]
 pub enum ModelSource {
-    /// The model shipped with Bestiary (`--model` not given).
+    /// The model shipped with Bestiary (`--model` not given, or `builtin`).
     Builtin,
     /// One fixed version: `<root>/<name>/<version>`.
     Version { url: String },
@@ -67,7 +67,7 @@ impl ModelSource {
     /// Classifies `--model`: a URL whose last segment is the version it resolves to is fixed;
     /// one ending in `latest`, or naming the model folder, follows the pointer.
     pub async fn from_url(url: Option<&str>, store: &StoreOptions) -> Result<Self, EngineError> {
-        let Some(url) = url else {
+        let Some(url) = url.filter(|url| !builtin::is_builtin(url)) else {
             return Ok(Self::Builtin);
         };
         let (repository, name, version) = resolve(url, store).await?;
@@ -110,20 +110,13 @@ pub struct EngineSettings {
     pub options: EngineOptions,
 }
 
-/// Loads the model at `url` into an engine; `None` means the built-in model.
+/// Loads the model at `url` into an engine; `None` (or `builtin`) means the built-in model.
 pub async fn load_model(
     url: Option<&str>,
     engine: &EngineSettings,
     store: &StoreOptions,
 ) -> Result<LoadedModel, EngineError> {
-    match url {
-        Some(url) => LoadedModel::load(url, engine.kind, &engine.options, store).await,
-        None => Err(EngineError::Unavailable {
-            engine: engine.kind.name(),
-            reason: "this build has no built-in model".into(),
-            hint: "Pass --model <root>/<name>[/<version>|/latest] (a folder written by `bestiary train`).".into(),
-        }),
-    }
+    builtin::load_model(url, engine.kind, &engine.options, store).await
 }
 
 /// What a reload did.

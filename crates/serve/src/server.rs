@@ -4,6 +4,7 @@
 use std::future::IntoFuture;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -46,6 +47,8 @@ pub struct Server {
     serving: JoinHandle<std::io::Result<()>>,
     /// Poller, signal listener, EMF writer: stopped with the server.
     background: Mutex<Vec<JoinHandle<()>>>,
+    /// Whether the pointer poller runs (loading a model again must not start a second one).
+    polling: AtomicBool,
 }
 
 impl Server {
@@ -99,6 +102,7 @@ impl Server {
             stop,
             serving,
             background: Mutex::new(Vec::new()),
+            polling: AtomicBool::new(false),
         };
         if let Some(interval) = emf_interval {
             server.spawn_background(write_emf(server.state.clone(), interval));
@@ -125,7 +129,10 @@ impl Server {
             .models
             .source()
             .is_some_and(|source| source.follows_latest());
-        if let (true, Some(interval)) = (follows_latest, self.state.config.model_poll_interval) {
+        if follows_latest
+            && let Some(interval) = self.state.config.model_poll_interval
+            && !self.polling.swap(true, Ordering::Relaxed)
+        {
             let state = self.state.clone();
             self.spawn_background(async move {
                 let mut ticks = tokio::time::interval(interval);

@@ -360,6 +360,11 @@ fn every_error_is_json_with_its_status() {
             .await;
         reply.expect(413);
         insta::assert_json_snapshot!("error_413", reply.json());
+        // Far over the limit, the answer still arrives (the body is drained, not reset).
+        let reply = harness
+            .post("/v1/classify", "image/jpeg", vec![0u8; 4 * 1024 * 1024])
+            .await;
+        reply.expect(413);
         let (content_type, body) = multipart(&[("big.jpg", "image/jpeg", &big)]);
         harness
             .post("/v1/classify", &content_type, body)
@@ -431,7 +436,6 @@ fn api_keys_guard_everything_but_health_ping_and_metrics() {
         for path in [
             "/v1/models",
             "/openapi.json",
-            "/docs",
             "/v1/usage",
             "/execution-parameters",
         ] {
@@ -441,7 +445,13 @@ fn api_keys_guard_everything_but_health_ping_and_metrics() {
             .post("/admin/reload", "application/json", "")
             .await
             .expect(401);
-        for path in ["/ping", "/metrics", "/v2/health/live", "/v2/health/ready"] {
+        for path in [
+            "/ping",
+            "/metrics",
+            "/v2/health/live",
+            "/v2/health/ready",
+            "/docs",
+        ] {
             harness.get(path).await.expect(200);
         }
         for (authorization, status) in [

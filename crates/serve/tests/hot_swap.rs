@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use bestiary_train::ArchitectureConfig;
 use common::{CLASSES, Harness, photo_bytes};
 use image::ImageFormat;
 
@@ -22,7 +23,7 @@ fn polling_swaps_in_a_new_version_without_failing_a_request() {
     runtime.block_on(async {
         let mut harness = Harness::start(|config| {
             config.model_poll_interval = Some(Duration::from_millis(100));
-            config.max_batch_delay = Duration::from_millis(2);
+            config.max_batch_delay = Duration::from_millis(25);
         })
         .await;
         let old = harness.version.clone();
@@ -64,8 +65,17 @@ fn polling_swaps_in_a_new_version_without_failing_a_request() {
             })
             .collect();
 
+        // The new version takes a different input size, so that an image prepared for one
+        // version and run by the other would fail: every batch must hold one version only.
+        let smaller = tokio::task::spawn_blocking(|| {
+            common::model_parts::train_parts(
+                ArchitectureConfig::SeedCnn { width: 8, depth: 3 },
+                40,
+                25,
+            )
+        });
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let new = harness.models.commit().await;
+        let new = harness.models.commit_parts(&smaller.await.unwrap()).await;
         assert_ne!(new, old);
         // Wait until the new version answers, then keep the load on a little longer.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -109,6 +119,8 @@ fn polling_swaps_in_a_new_version_without_failing_a_request() {
         assert!(saw.0 && saw.1, "the load spanned both versions");
         assert!(total > 2 * CLIENTS, "only {total} requests ran");
 
+        let served = harness.server().state().models.current().unwrap();
+        assert_eq!(served.model.metadata.input.image_size, 40);
         let metrics = harness.get("/metrics").await.text();
         assert!(metrics.contains(&format!("version=\"{new}\"")), "{metrics}");
         assert!(metrics.contains("bestiary_model_reloads_total{outcome=\"swapped\"}"));

@@ -14,7 +14,7 @@ use crate::routes::{admin, native, oip, sagemaker};
         title = "Bestiary",
         description = "Image classification: Bestiary's own API, the SageMaker hosting contract \
             and the Open Inference Protocol v2. When the server has API keys, every route but \
-            /ping, /metrics and /v2/health/* needs `Authorization: Bearer <key>`."
+            /ping, /metrics, /v2/health/* and /docs needs `Authorization: Bearer <key>`."
     ),
     paths(
         native::classify,

@@ -64,7 +64,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())
-        // Multipart bodies are limited by this; raw bodies are read with the same limit.
+        // Bodies are read by `input::read_body` with this limit; axum's extractors get it too.
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(from_fn_with_state(keys, require_api_key))
         .layer(from_fn(observe));
@@ -100,7 +100,10 @@ async fn observe(request: Request, next: Next) -> Response {
         .map_or("unmatched", |path| path.as_str())
         .to_string();
     let response = next.run(request).await;
-    crate::metrics::record_request(&route, response.status().as_u16(), started.elapsed());
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    tracing::debug!(route, status, ms = elapsed.as_secs_f64() * 1e3, "request");
+    crate::metrics::record_request(&route, status, elapsed);
     response
 }
 

@@ -109,8 +109,16 @@ pub struct InferOutput {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<Value>,
-    #[schema(value_type = Object)]
-    pub data: Value,
+    pub data: OutputData,
+}
+
+/// The values of an output, row-major.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum OutputData {
+    /// Kept as `f32` so that each probability prints in its shortest exact form.
+    Fp32(Vec<f32>),
+    Bytes(Vec<String>),
 }
 
 /// Server name, version and protocol extensions.
@@ -383,22 +391,26 @@ fn outputs(classification: &Classification, wanted: &[&str]) -> Vec<InferOutput>
                 shape: vec![batch, classes.len()],
                 datatype: "FP32".into(),
                 parameters: Some(serde_json::json!({ "labels": classes })),
-                data: classification
-                    .images
-                    .iter()
-                    .flat_map(|image| image.classified.prediction.probabilities.iter().copied())
-                    .collect(),
+                data: OutputData::Fp32(
+                    classification
+                        .images
+                        .iter()
+                        .flat_map(|image| image.classified.prediction.probabilities.iter().copied())
+                        .collect(),
+                ),
             },
             _ => InferOutput {
                 name: LABEL_OUTPUT.into(),
                 shape: vec![batch],
                 datatype: "BYTES".into(),
                 parameters: None,
-                data: classification
-                    .images
-                    .iter()
-                    .map(|image| Value::from(image.classified.prediction.label.clone()))
-                    .collect(),
+                data: OutputData::Bytes(
+                    classification
+                        .images
+                        .iter()
+                        .map(|image| image.classified.prediction.label.clone())
+                        .collect(),
+                ),
             },
         })
         .collect()

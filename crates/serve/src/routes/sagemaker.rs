@@ -84,10 +84,12 @@ pub async fn ping(State(state): State<AppState>) -> Result<Json<serde_json::Valu
     Ok(Json(serde_json::json!({ "status": "healthy" })))
 }
 
-/// Classify for SageMaker: the same bodies as `/v1/classify`, plus JSON Lines records
-/// (`{"source-ref": uri}`, `{"b64": data}`) for batch transform. One image gets one JSON
-/// object; JSON Lines in, or `Accept: application/jsonlines`, gets one line per image; several
-/// images otherwise get a JSON array.
+/// Classify for SageMaker endpoints and batch transform.
+///
+/// The same bodies as `/v1/classify`, plus JSON Lines records (`{"source-ref": uri}`,
+/// `{"b64": data}`) for batch transform. A raw photo gets one JSON object; multipart and
+/// `{"uris": [...]}` bodies get a JSON array (one element per image, whatever their number);
+/// JSON Lines in, or `Accept: application/jsonlines`, gets one line per image.
 #[utoipa::path(
     post,
     path = "/invocations",
@@ -123,7 +125,8 @@ pub async fn invocations(
     state.model()?;
     let wants_lines = accepts_json_lines(request.headers());
     let (kind, images) = read_images(request, state.config.max_body_bytes, &state.uris).await?;
-    let single = images.len() == 1 && matches!(kind, BodyKind::Image);
+    // A raw body holds one photo by definition; the other bodies answer as a list.
+    let single = kind == BodyKind::Image;
     let classification = classify_images(&state, images, top_k).await?;
     state.usage.record_request();
     let labels = &classification.model.model.metadata.classes;

@@ -47,7 +47,12 @@ impl Models {
 
     /// Commits a new version of [`MODEL`] (moving `latest`); returns the version.
     pub async fn commit(&self) -> String {
-        model_parts::save(model_parts::parts(), self.root.path(), MODEL).await
+        self.commit_parts(model_parts::parts()).await
+    }
+
+    /// Commits `parts` as a new version of [`MODEL`]; returns the version.
+    pub async fn commit_parts(&self, parts: &model_parts::Parts) -> String {
+        model_parts::save(parts, self.root.path(), MODEL).await
     }
 
     /// `<root>/animals/latest`: follows new versions.
