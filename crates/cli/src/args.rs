@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use bestiary_bulk::{OutputFormat, Shard};
 use bestiary_dataset::{DatasetOptions, SplitConfig};
 use bestiary_engine::EngineKind;
 use bestiary_storage::StoreOptions;
@@ -84,10 +85,15 @@ pub enum Command {
     ///
     /// Example: bestiary serve --model s3://models/animals/latest --api-key-file keys.txt
     Serve(Box<ServeArgs>),
-    /// Classify every photo under a bucket prefix, resumably.
-    Classify(PendingArgs),
+    /// Classify every photo under a bucket prefix, resumably, in shards if wanted.
+    ///
+    /// Example: bestiary classify s3://photos/incoming --out s3://results/incoming
+    #[command(long_about = CLASSIFY_ABOUT)]
+    Classify(Box<ClassifyArgs>),
     /// Keep classifying new photos as they arrive under a prefix.
-    Watch(PendingArgs),
+    ///
+    /// Example: bestiary watch s3://photos/incoming --out s3://results/incoming --interval 30
+    Watch(Box<WatchArgs>),
     /// Re-export a stored model version as ONNX.
     ///
     /// Example: bestiary export --model s3://models/animals/latest
@@ -99,14 +105,6 @@ pub enum Command {
     /// Measure Bestiary's speed.
     #[command(subcommand)]
     Bench(BenchCommand),
-}
-
-/// Arguments of commands that are not built yet: accepted so that the message is the same
-/// whatever is passed.
-#[derive(Debug, Args)]
-pub struct PendingArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub rest: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -488,7 +486,7 @@ pub struct ServeArgs {
     pub max_batch_size: usize,
 
     /// How long the first image of a batch waits for more to join it, in milliseconds.
-    #[arg(long, env = "BESTIARY_MAX_BATCH_DELAY_MS", default_value_t = 5)]
+    #[arg(long, env = "BESTIARY_MAX_BATCH_DELAY_MS", default_value_t = 2)]
     pub max_batch_delay_ms: u64,
 
     /// Images admitted at once (decoding, queued or in inference); more get 429 at once.
@@ -552,4 +550,215 @@ pub struct ServeArgs {
     /// Seconds between two CloudWatch EMF lines.
     #[arg(long, env = "BESTIARY_CLOUDWATCH_EMF_INTERVAL", default_value_t = 60.0)]
     pub cloudwatch_emf_interval: f64,
+}
+
+const CLASSIFY_ABOUT: &str = "Classify every photo under a bucket prefix, resumably, in shards if wanted.
+
+Results go to `<out>/<model>-<version>-<hash>/shard-I-of-N/` as parts (JSON Lines, or CSV) of \
+key, URL, ETag, size, label, score, top-k, model name and version, or the error of a photo that \
+could not be decoded. A part is written whole, then a completion marker beside it; rerunning the \
+same command after a crash, Ctrl-C or an outage continues after the last committed photo and \
+repeats none (`--force` starts again). A new model version writes a new run folder.
+
+Scale out with `--shard I/N`: each process takes the keys whose hash is I modulo N, with no \
+coordinator. In a Kubernetes Indexed Job (`completionMode: Indexed`, `completions: N`), set \
+BESTIARY_SHARDS=N and each pod takes the shard of its JOB_COMPLETION_INDEX; a pod that fails \
+and is retried continues its own shard. Then `bestiary classify --merge <out>` checks every \
+shard is complete and prints the counts per label (exit status 2 while one is not).
+
+Example: bestiary classify s3://photos/incoming --out s3://results/incoming --copy-to s3://photos/sorted/{label}/";
+
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// The prefix to classify: `s3://bucket/photos`, `gs://…`, `az://…` or a local folder.
+    #[arg(env = "BESTIARY_INPUT", required_unless_present = "merge")]
+    pub input: Option<String>,
+
+    /// Where results go (any store URL); see above for the layout.
+    #[arg(long, env = "BESTIARY_OUT", required_unless_present = "merge")]
+    pub out: Option<String>,
+
+    #[command(flatten)]
+    pub bulk: BulkArgs,
+
+    /// Discard this run's earlier results and classify every photo again.
+    #[arg(long, env = "BESTIARY_FORCE")]
+    pub force: bool,
+
+    /// Instead of classifying, summarise the results under this output prefix: every shard's
+    /// counts per label and errors, and whether all shards are complete.
+    #[arg(long, value_name = "OUT", conflicts_with_all = ["input", "force"])]
+    pub merge: Option<String>,
+
+    /// With --merge: also write every result of the run into this one file or object URL.
+    #[arg(long, env = "BESTIARY_MERGE_TO", requires = "merge")]
+    pub merge_to: Option<String>,
+
+    /// With --merge: the run folder to merge, when the output prefix holds several.
+    #[arg(long, env = "BESTIARY_RUN", requires = "merge")]
+    pub run: Option<String>,
+
+    /// Print the summary as JSON on stdout (no progress bar).
+    #[arg(long, env = "BESTIARY_JSON")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The prefix to watch: `s3://bucket/photos`, `gs://…`, `az://…` or a local folder.
+    #[arg(env = "BESTIARY_INPUT")]
+    pub input: String,
+
+    /// Where results go, as for `classify`; watch continues the results of `classify` with the
+    /// same settings instead of repeating them.
+    #[arg(long, env = "BESTIARY_OUT")]
+    pub out: String,
+
+    #[command(flatten)]
+    pub bulk: BulkArgs,
+
+    /// Seconds between two polls (each lists only after the greatest key seen).
+    #[arg(long, env = "BESTIARY_INTERVAL", default_value_t = 10.0)]
+    pub interval: f64,
+
+    /// Seconds between two full listings, which catch keys that sort before the greatest one
+    /// seen and photos replaced under the same key.
+    #[arg(long, env = "BESTIARY_RESCAN_INTERVAL", default_value_t = 300.0)]
+    pub rescan_interval: f64,
+
+    /// Print the final summary as JSON on stdout (no progress display).
+    #[arg(long, env = "BESTIARY_JSON")]
+    pub json: bool,
+}
+
+/// What `classify` and `watch` share.
+#[derive(Debug, Args)]
+pub struct BulkArgs {
+    /// The model: `<root>/<name>` (its latest version), `<root>/<name>/latest` or
+    /// `<root>/<name>/<version>`; default: the built-in animal model.
+    #[arg(long, env = "BESTIARY_MODEL")]
+    pub model: Option<String>,
+
+    /// Inference engine: auto (onnxruntime when its library loads, else tract), ort, tract, burn.
+    #[arg(long, env = "BESTIARY_ENGINE", default_value_t = EngineKind::Auto)]
+    pub engine: EngineKind,
+
+    /// Send the photos to a running `bestiary serve` (its URL, or `…/v1/classify`) or to a
+    /// SageMaker-style container (`…/invocations`) instead of running the model here.
+    #[arg(long, env = "BESTIARY_ENDPOINT", conflicts_with = "model")]
+    pub endpoint: Option<String>,
+
+    /// API key sent to --endpoint as `Authorization: Bearer <key>`.
+    #[arg(long, env = "BESTIARY_ENDPOINT_API_KEY")]
+    pub endpoint_api_key: Option<String>,
+
+    /// Seconds one --endpoint request may take.
+    #[arg(long, env = "BESTIARY_ENDPOINT_TIMEOUT", default_value_t = 60.0)]
+    pub endpoint_timeout: f64,
+
+    /// Result format: jsonl or csv. (Parquet is not built; DuckDB, Athena, Spark and pandas
+    /// read JSON Lines directly.)
+    #[arg(long, env = "BESTIARY_FORMAT", default_value = "jsonl", value_parser = parse_format)]
+    pub format: OutputFormat,
+
+    /// Extensions taken as photos (comma-separated; empty for every key).
+    #[arg(
+        long,
+        env = "BESTIARY_EXTENSIONS",
+        value_delimiter = ',',
+        default_value = "jpg,jpeg,png,webp,gif,bmp"
+    )]
+    pub extensions: Vec<String>,
+
+    /// Classify only keys matching this glob (relative to the prefix; repeatable). `*` stays
+    /// within a folder, `**` crosses folders: `cats/*.jpg`, `2024/**`.
+    #[arg(long, env = "BESTIARY_INCLUDE")]
+    pub include: Vec<String>,
+
+    /// Leave out keys matching this glob (repeatable), e.g. `**/thumbnails/**`.
+    #[arg(long, env = "BESTIARY_EXCLUDE")]
+    pub exclude: Vec<String>,
+
+    /// This process's shard, `I/N` (0 ≤ I < N): the keys whose xxh3 hash is I modulo N.
+    #[arg(long, env = "BESTIARY_SHARD", value_parser = parse_shard)]
+    pub shard: Option<Shard>,
+
+    /// Number of shards, with the index from JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs).
+    #[arg(long, env = "BESTIARY_SHARDS")]
+    pub shards: Option<u32>,
+
+    /// Images per inference batch, at most.
+    #[arg(long, env = "BESTIARY_BATCH_SIZE", default_value_t = 32)]
+    pub batch_size: usize,
+
+    /// Photos downloaded, decoded or classified at once (requests in flight with --endpoint).
+    #[arg(long, env = "BESTIARY_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+
+    /// Threads decoding photos (default: one per core).
+    #[arg(long, env = "BESTIARY_DECODE_THREADS")]
+    pub decode_threads: Option<usize>,
+
+    /// Threads one inference batch may use (default: every core).
+    #[arg(long, env = "BESTIARY_THREADS")]
+    pub threads: Option<usize>,
+
+    /// Labels listed per photo.
+    #[arg(long, env = "BESTIARY_TOP_K", default_value_t = 5)]
+    pub top_k: usize,
+
+    /// Below this score (0 to 1) a photo is labelled `uncertain`; its top-k still lists the
+    /// model's guesses.
+    #[arg(long, env = "BESTIARY_MIN_SCORE")]
+    pub min_score: Option<f32>,
+
+    /// Copy each classified photo to this URL with `{label}` replaced by its label, under its
+    /// own key: `s3://bucket/sorted/{label}/`.
+    #[arg(long, env = "BESTIARY_COPY_TO")]
+    pub copy_to: Option<String>,
+
+    /// Write each photo's label as an S3 object tag (its other tags are kept); needs s3://
+    /// and AWS credentials from AWS_* variables or a role.
+    #[arg(long, env = "BESTIARY_TAG")]
+    pub tag: bool,
+
+    /// The tag key --tag writes.
+    #[arg(long, env = "BESTIARY_TAG_KEY", default_value = "label")]
+    pub tag_key: String,
+
+    /// Results per part, at most.
+    #[arg(long, env = "BESTIARY_PART_SIZE", default_value_t = 1000)]
+    pub part_size: usize,
+
+    /// Seconds after which a part that is not full is committed anyway.
+    #[arg(long, env = "BESTIARY_PART_SECONDS", default_value_t = 60.0)]
+    pub part_seconds: f64,
+
+    /// Largest photo accepted, in megapixels (checked from the header before decoding).
+    #[arg(long, env = "BESTIARY_MAX_MEGAPIXELS", default_value_t = 100.0)]
+    pub max_megapixels: f64,
+
+    /// Larger objects are reported as too large, never downloaded, in MiB.
+    #[arg(long, env = "BESTIARY_MAX_OBJECT_MB", default_value_t = 64)]
+    pub max_object_mb: u64,
+
+    /// Price of one vCPU-hour in USD for the cost estimate; the default is an m7i.xlarge EC2
+    /// instance's on-demand price in us-east-1 (USD 0.2016 an hour for 4 vCPUs).
+    #[arg(
+        long,
+        env = "BESTIARY_COST_PER_VCPU_HOUR",
+        alias = "cost-per-cpu-hour",
+        default_value_t = bestiary_bulk::DEFAULT_COST_PER_VCPU_HOUR
+    )]
+    pub cost_per_vcpu_hour: f64,
+}
+
+fn parse_format(text: &str) -> Result<OutputFormat, String> {
+    text.parse()
+        .map_err(|e: bestiary_bulk::BulkError| e.to_string())
+}
+
+fn parse_shard(text: &str) -> Result<Shard, String> {
+    text.parse()
+        .map_err(|e: bestiary_bulk::BulkError| e.to_string())
 }

@@ -1,5 +1,5 @@
-//! The `bestiary` binary end to end: `dataset inspect` on local folders and on S3, help texts,
-//! environment variables, and the commands still to come.
+//! The `bestiary` binary end to end: `dataset inspect` on local folders and on S3, help texts and
+//! environment variables.
 
 use std::process::{Command, Output};
 
@@ -220,15 +220,6 @@ fn help_lists_every_command() {
     assert!(
         inspect_help.contains("[env: BESTIARY_VALIDATION_FRACTION=]"),
         "{inspect_help}"
-    );
-}
-
-#[test]
-fn commands_not_built_yet_say_so() {
-    let output = bestiary(&["classify"], &[]);
-    assert_eq!(output.status.code(), Some(3));
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("not built yet (tracked in issue #5)")
     );
 }
 

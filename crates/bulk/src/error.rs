@@ -1,0 +1,39 @@
+//! Failures that stop a bulk run; a photo that cannot be classified is a result, not an error.
+
+use bestiary_engine::EngineError;
+use bestiary_storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BulkError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The command line or configuration cannot work.
+    #[error("{0}")]
+    Config(String),
+    /// The classification endpoint failed after retries, or answered something unreadable.
+    #[error("endpoint {url}: {reason}")]
+    Endpoint { url: String, reason: String },
+    /// Something in the output prefix is not what Bestiary wrote there.
+    #[error("{url}: {reason}")]
+    Output { url: String, reason: String },
+    /// Another process wrote the same part of the same run at the same time.
+    #[error(
+        "{url} was written by another process running the same shard into the same output; \
+         run one process per shard (see --shard)"
+    )]
+    Conflict { url: String },
+    /// Writing an S3 object tag failed.
+    #[error("tagging {url}: {reason}")]
+    Tagging { url: String, reason: String },
+}
+
+impl BulkError {
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Self::Config(message.into())
+    }
+}
+
+/// Result type of the bulk crate.
+pub type Result<T, E = BulkError> = std::result::Result<T, E>;
