@@ -109,7 +109,7 @@ fn float_values(tensor: &TensorProto) -> Result<Vec<f32>, Fp16Error> {
     if !tensor.float_data.is_empty() {
         return Ok(tensor.float_data.clone());
     }
-    if tensor.raw_data.len() % 4 != 0 {
+    if !tensor.raw_data.len().is_multiple_of(4) {
         return Err(Fp16Error::RaggedRawData(
             tensor.name.clone(),
             tensor.raw_data.len(),
