@@ -14,7 +14,7 @@ use bestiary_storage::{StoreOptions, StoreUrl};
 use bytes::Bytes;
 use http::Method;
 use md5::Digest as _;
-use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
+use object_store::aws::{AmazonS3, AmazonS3ConfigKey, AwsAuthorizer};
 use object_store::client::HttpRequestBody;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
@@ -80,26 +80,8 @@ impl Tagger {
         if key.is_empty() || key.len() > 128 {
             return Err(BulkError::config("--tag-key must have 1 to 128 characters"));
         }
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-        let endpoint = options
-            .s3_endpoint
-            .clone()
-            .filter(|e| !e.is_empty())
-            .or_else(|| {
-                ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
-                    .iter()
-                    .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
-            });
-        if let Some((id, secret)) = &options.s3_credentials {
-            builder = builder
-                .with_access_key_id(id)
-                .with_secret_access_key(secret);
-        }
-        if let Some(endpoint) = &endpoint {
-            builder = builder
-                .with_endpoint(endpoint)
-                .with_allow_http(endpoint.starts_with("http://"));
-        }
+        let builder = bestiary_storage::s3_builder(bucket, options);
+        let endpoint = bestiary_storage::s3_endpoint(options);
         let region = builder
             .get_config_value(&AmazonS3ConfigKey::Region)
             .unwrap_or_else(|| "us-east-1".to_owned());

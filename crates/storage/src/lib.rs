@@ -11,7 +11,7 @@ mod store;
 mod url;
 
 pub use error::{StorageError, StorageErrorKind};
-pub use store::{ObjectInfo, ObjectWriter, Store, StoreOptions};
+pub use store::{ObjectInfo, ObjectWriter, Store, StoreOptions, s3_builder, s3_endpoint};
 pub use url::{StoreUrl, parse_store_url};
 
 /// Result type of every storage operation.

@@ -469,9 +469,10 @@ fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
         .clone()
 }
 
-fn s3_builder(bucket: &str, options: &StoreOptions) -> AmazonS3Builder {
-    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-    let endpoint = options
+/// The S3-compatible endpoint in use: `--s3-endpoint`, else the `AWS_ENDPOINT_URL*`
+/// variables; `None` means AWS itself.
+pub fn s3_endpoint(options: &StoreOptions) -> Option<String> {
+    options
         .s3_endpoint
         .clone()
         .filter(|e| !e.is_empty())
@@ -479,8 +480,15 @@ fn s3_builder(bucket: &str, options: &StoreOptions) -> AmazonS3Builder {
             ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
                 .iter()
                 .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
-        });
-    if let Some(endpoint) = endpoint {
+        })
+}
+
+/// An S3 client builder for `bucket` configured the way every Bestiary store is: endpoint
+/// (path-style for self-hosted servers), region, and credentials from options, environment,
+/// `~/.aws` profile or the instance role. For S3 APIs `object_store` does not wrap (tagging).
+pub fn s3_builder(bucket: &str, options: &StoreOptions) -> AmazonS3Builder {
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Some(endpoint) = s3_endpoint(options) {
         // Self-hosted S3 servers rarely have per-bucket DNS names: address buckets by path.
         builder = builder
             .with_allow_http(endpoint.starts_with("http://"))
