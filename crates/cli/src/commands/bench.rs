@@ -1,4 +1,5 @@
-//! `bestiary bench`: Bestiary's own speed figures (the loader for now).
+//! `bestiary bench`: Bestiary's own speed figures: the data loader, and each inference engine
+//! (the Bestiary side of `bench/run`'s engine figure).
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -7,7 +8,7 @@ use bestiary_dataset::transform::AugmentConfig;
 use bestiary_dataset::{Dataset, ImageCache, Loader, LoaderConfig};
 use serde::Serialize;
 
-use crate::args::{BenchLoaderArgs, GlobalArgs};
+use crate::args::{BenchEngineArgs, BenchLoaderArgs, GlobalArgs};
 
 #[derive(Debug, Serialize)]
 struct LoaderBench {
@@ -82,6 +83,105 @@ pub async fn loader(global: &GlobalArgs, args: BenchLoaderArgs) -> anyhow::Resul
             result.cold_images_per_second,
             result.cached_images_per_second,
             result.cached_epochs
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Serialize)]
+struct EngineBench {
+    model: String,
+    architecture: String,
+    engine: String,
+    image_size: u32,
+    batch_size: usize,
+    threads: usize,
+    iterations: usize,
+    load_seconds: f64,
+    images_per_second: f64,
+    median_batch_ms: f64,
+    p99_batch_ms: f64,
+}
+
+/// The synthetic input of the engine benchmark, the same on every side of the comparison
+/// (`bench/peers/infer.py` computes the identical values): a multiplicative hash of the index
+/// mapped into [-1, 1).
+fn bench_input(len: usize) -> Vec<f32> {
+    (0..len as u64)
+        .map(|i| ((i * 2_654_435_761) % (1 << 32)) as f64 / (1u64 << 32) as f64 * 2.0 - 1.0)
+        .map(|x| x as f32)
+        .collect()
+}
+
+/// Times `iterations` calls of `classify_tensors` on one batch (after `warmup` untimed ones):
+/// preprocessed tensors in, predictions out, so neither decoding nor I/O is measured.
+pub async fn engine(global: &GlobalArgs, args: BenchEngineArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.batch_size > 0 && args.iterations > 0,
+        "--batch-size and --iterations must be positive"
+    );
+    let options = bestiary_engine::EngineOptions {
+        threads: args.threads,
+        ..Default::default()
+    };
+    let loading = Instant::now();
+    let model = bestiary_engine::builtin::load_model(
+        Some(args.model.as_str()),
+        args.engine,
+        &options,
+        &global.store_options(),
+    )
+    .await?;
+    let load_seconds = loading.elapsed().as_secs_f64();
+    let batch = args.batch_size;
+    let (warmup, iterations) = (args.warmup, args.iterations);
+    let input = bench_input(batch * model.input_len());
+    let timing_model = model.clone();
+    let mut times = tokio::task::spawn_blocking(move || {
+        for _ in 0..warmup {
+            timing_model.classify_tensors(&input, batch, 1)?;
+        }
+        let mut times = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let started = Instant::now();
+            timing_model.classify_tensors(&input, batch, 1)?;
+            times.push(started.elapsed().as_secs_f64());
+        }
+        Ok::<_, bestiary_engine::EngineError>(times)
+    })
+    .await??;
+    let total: f64 = times.iter().sum();
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize] * 1e3;
+    let result = EngineBench {
+        model: model.source.clone(),
+        architecture: model.metadata.architecture.clone(),
+        engine: model.engine.describe(),
+        image_size: model.metadata.input.image_size,
+        batch_size: batch,
+        threads: options.threads(),
+        iterations,
+        load_seconds,
+        images_per_second: (iterations * batch) as f64 / total.max(1e-12),
+        median_batch_ms: at(0.5),
+        p99_batch_ms: at(0.99),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        println!(
+            "{} ({}, {} px) on {}: batch {}, {} threads: {:.1} img/s, median {:.2} ms per batch, p99 {:.2} ms ({} calls; loaded in {:.2} s)",
+            result.model,
+            result.architecture,
+            result.image_size,
+            result.engine,
+            result.batch_size,
+            result.threads,
+            result.images_per_second,
+            result.median_batch_ms,
+            result.p99_batch_ms,
+            result.iterations,
+            result.load_seconds
         );
     }
     Ok(ExitCode::SUCCESS)
