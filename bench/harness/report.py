@@ -61,7 +61,8 @@ def markdown(results):
         out.append(f"- Figure 7, fp32 matmul peak: **{peak:.1f} GFLOP/s** at {p['threads']} threads ({p['size']}², best of numpy/OpenBLAS "
                    f"{p['numpy_gflops']:.1f} [{', '.join(p['numpy_blas'])}] and PyTorch {p['torch_gflops']:.1f}); "
                    f"GFLOP/s columns count the model's convolution and matrix FLOPs per image (PyTorch FlopCounterMode; a training step is forward + backward) "
-                   f"times images per second, with the share of that peak.")
+                   f"times images per second, with the share of that peak. The peak is the best sgemm timing of this run and moves with the machine's load; "
+                   f"a share near or above 100% means that engine's convolution kernels ran as fast as that measurement.")
     out.append("")
     figures = []
     for r in results["rows"]:
