@@ -14,7 +14,9 @@ use crate::listing::ordered_listing;
 use crate::manifest::{PartWriter, PartWriterKind, Tally};
 use crate::progress::Progress;
 use crate::session::{ReportInputs, Session};
-use crate::usage::{Command, RunReport, process_cpu_time};
+use bestiary_engine::usage::process_cpu_time;
+
+use crate::usage::{Command, RunReport};
 
 /// How a classify run behaves beyond its configuration.
 #[derive(Debug, Clone, Default)]
@@ -77,7 +79,7 @@ pub async fn classify(
     }
 
     let started = Instant::now();
-    let cpu_at_start = process_cpu_time();
+    let cpu_at_start = process_cpu_time().unwrap_or_default();
     let mut writer = PartWriter::new(
         session.folder.clone(),
         &earlier,

@@ -17,7 +17,9 @@ use crate::progress::Progress;
 use crate::record;
 use crate::select::Selector;
 use crate::tagging::Tagger;
-use crate::usage::{Command, Measured, RunReport, process_cpu_time};
+use bestiary_engine::usage::process_cpu_time;
+
+use crate::usage::{Command, Measured, RunReport};
 
 /// A run, ready to classify.
 pub struct Session {
@@ -184,7 +186,9 @@ impl Session {
         let measured = Measured {
             images: inputs.this_run.records,
             elapsed: inputs.started.elapsed(),
-            cpu: process_cpu_time().saturating_sub(inputs.cpu_at_start),
+            cpu: process_cpu_time()
+                .unwrap_or_default()
+                .saturating_sub(inputs.cpu_at_start),
             cost_per_vcpu_hour: inputs.cost_per_vcpu_hour,
         };
         let (images_per_second, cpu_seconds_per_image, estimated_cost_usd, per_1000) =

@@ -2,26 +2,11 @@
 
 use std::time::Duration;
 
+use bestiary_engine::usage::CostModel;
 use serde::Serialize;
 
 use crate::config::Shard;
 use crate::manifest::{ModelIdentity, Tally};
-
-/// CPU time of this process so far (user + system, every thread), from `getrusage`.
-pub fn process_cpu_time() -> Duration {
-    // SAFETY: getrusage only writes into the struct it is given.
-    let usage = unsafe {
-        let mut usage = std::mem::zeroed::<libc::rusage>();
-        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
-            return Duration::ZERO;
-        }
-        usage
-    };
-    let time = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
-    };
-    time(usage.ru_utime) + time(usage.ru_stime)
-}
 
 /// Which command produced a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -86,25 +71,21 @@ impl Measured {
         } else {
             0.0
         };
-        let cost = |cpu_seconds: f64| cpu_seconds / 3600.0 * self.cost_per_vcpu_hour;
-        (rate, per_image, cost(cpu), cost(per_image * 1000.0))
+        let cost = CostModel {
+            cost_per_vcpu_hour: self.cost_per_vcpu_hour,
+        };
+        (
+            rate,
+            per_image,
+            cost.of_cpu_seconds(cpu),
+            cost.per_1000_images(per_image),
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_time_grows_with_work() {
-        let before = process_cpu_time();
-        let mut x = 0u64;
-        for i in 0..30_000_000u64 {
-            x = x.wrapping_mul(31).wrapping_add(i);
-        }
-        std::hint::black_box(x);
-        assert!(process_cpu_time() > before);
-    }
 
     #[test]
     fn cost_is_cpu_hours_at_the_price() {

@@ -22,7 +22,9 @@ use crate::listing::ordered_listing;
 use crate::manifest::{Committed, PartWriter, PartWriterKind, ShardProgress, Tally};
 use crate::progress::Progress;
 use crate::session::{ReportInputs, Session};
-use crate::usage::{Command, RunReport, process_cpu_time};
+use bestiary_engine::usage::process_cpu_time;
+
+use crate::usage::{Command, RunReport};
 
 /// How often watch looks.
 #[derive(Debug, Clone)]
@@ -90,7 +92,7 @@ pub async fn watch(
     );
 
     let started = Instant::now();
-    let cpu_at_start = process_cpu_time();
+    let cpu_at_start = process_cpu_time().unwrap_or_default();
     let mut this_run = Tally::default();
     let mut parts_written = 0u64;
     let mut not_selected = 0u64;

@@ -10,6 +10,7 @@ pub mod ort_engine;
 pub mod prediction;
 pub mod preprocess;
 pub mod tract_engine;
+pub mod usage;
 
 pub use engine::{Engine, EngineKind, EngineOptions};
 pub use error::EngineError;

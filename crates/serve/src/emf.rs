@@ -6,7 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::usage::{CostModel, UsageReport};
+use bestiary_engine::usage::CostModel;
+
+use crate::usage::UsageReport;
 
 /// The namespace the metrics appear under in CloudWatch.
 pub const NAMESPACE: &str = "Bestiary";

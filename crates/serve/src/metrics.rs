@@ -3,6 +3,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use bestiary_engine::usage::process_cpu_time;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -88,18 +89,6 @@ impl ProcessStats {
         let resident_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
         Some(resident_pages * page_size)
     }
-}
-
-/// CPU time of the whole process. `/proc/self/stat` counts it in 10 ms ticks, too coarse for
-/// per-image figures; the process CPU clock is exact.
-fn process_cpu_time() -> Option<Duration> {
-    let mut time = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `time` is a valid, writable timespec for the duration of the call.
-    let status = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut time) };
-    (status == 0).then(|| Duration::new(time.tv_sec as u64, time.tv_nsec as u32))
 }
 
 fn page_size() -> u64 {

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use bestiary_engine::usage::CostModel;
+
 use crate::metrics::ProcessStats;
 
 /// Counters since the server became ready.
@@ -138,35 +140,9 @@ impl Usage {
     }
 }
 
-/// Turns CPU time into money at a price per vCPU-hour (one busy vCPU for one hour).
-#[derive(Debug, Clone, Copy)]
-pub struct CostModel {
-    pub cost_per_vcpu_hour: f64,
-}
-
-impl CostModel {
-    pub fn of_cpu_seconds(self, cpu_seconds: f64) -> f64 {
-        cpu_seconds / 3600.0 * self.cost_per_vcpu_hour
-    }
-
-    pub fn per_1000_images(self, cpu_seconds_per_image: f64) -> f64 {
-        self.of_cpu_seconds(cpu_seconds_per_image * 1000.0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cost_of_a_vcpu_hour_is_the_price() {
-        let cost = CostModel {
-            cost_per_vcpu_hour: 0.0575,
-        };
-        assert!((cost.of_cpu_seconds(3600.0) - 0.0575).abs() < 1e-12);
-        // 36 ms of CPU per image: 36 CPU-seconds per 1,000 images, 1% of an hour.
-        assert!((cost.per_1000_images(0.036) - 0.000575).abs() < 1e-12);
-    }
 
     #[test]
     fn counts_images_by_label_and_batches() {
