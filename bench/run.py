@@ -1,6 +1,7 @@
 """bench/run's main program: runs the selected figures (Bestiary and its peer alternately, on the
 same inputs, in this one run), prints medians and ratios, and writes results/<date>.json,
-results/latest.md and results/latest.png (quick mode: under work/results-quick/ instead)."""
+results/latest.md and results/latest.png. Quick runs write under work/results-quick/ and runs of
+some figures only (--only) under work/results-partial/, so that results/ always holds whole runs."""
 
 import argparse
 import datetime
@@ -89,7 +90,12 @@ def main():
         results["peak"] = fig_peak.measure(cfg)
     except Exception as error:  # noqa: BLE001
         results["errors"]["peak"] = str(error)
-    folder = os.path.join(WORK, "results-quick") if cfg.quick else RESULTS
+    if cfg.quick:
+        folder = os.path.join(WORK, "results-quick")
+    elif set(FIGURES) - set(cfg.only):
+        folder = os.path.join(WORK, "results-partial")
+    else:
+        folder = RESULTS
     os.makedirs(folder, exist_ok=True)
     stamp = started.strftime("%Y-%m-%d-%H%M%S")
     results["json_path"] = os.path.join(folder, f"{stamp}.json")

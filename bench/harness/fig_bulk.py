@@ -2,7 +2,8 @@
 animals10 photos uploaded many times under distinct keys, classified by `bestiary classify` and by
 a boto3 + Pillow + onnxruntime script with the same model, writing JSON Lines results back to
 the bucket. Images per second over the whole process (listing, downloads, decoding, inference,
-writing results) and the process's peak resident memory."""
+writing results) and the process's peak resident memory; then one run of each on prefixes of
+1,000 and 10,000 photos, to show whether memory grows with the prefix."""
 
 import os
 import time
@@ -45,9 +46,9 @@ def figure(cfg, ctx):
                   "AWS_SECRET_ACCESS_KEY": env["BESTIARY_TEST_S3_SECRET_KEY"], "AWS_REGION": "us-east-1",
                   "AWS_DEFAULT_REGION": "us-east-1"}
 
-        def bestiary(r):
+        def bestiary(r, prefix=prefix, count=count):
             result = run([BESTIARY, "--s3-endpoint", endpoint, "classify", f"s3://{bucket}/{prefix}",
-                          "--model", model_dir, "--out", f"s3://{bucket}/bench-bulk-{count}/out-bestiary-{r}", "--quiet"],
+                          "--model", model_dir, "--out", f"s3://{bucket}/{prefix}-out/bestiary-{r}", "--quiet"],
                          env={**cfg.bestiary_env, **s3_env})
             if result.returncode == 3:
                 raise RuntimeError("`bestiary classify` is not built yet (exit status 3)")
@@ -55,9 +56,9 @@ def figure(cfg, ctx):
                 raise RuntimeError(result.fail_reason())
             return {"images_per_second": count / result.wall, "rss_mb": result.max_rss_mb, "seconds": result.wall}
 
-        def python(r):
+        def python(r, prefix=prefix, count=count):
             result = peer("bulk_classify.py", "--endpoint", endpoint, "--bucket", bucket, "--prefix", prefix,
-                          "--out-prefix", f"bench-bulk-{count}/out-python-{r}", "--model-dir", model_dir,
+                          "--out-prefix", f"{prefix}-out/python-{r}", "--model-dir", model_dir,
                           "--threads", cfg.threads, env=s3_env)
             if not result.ok:
                 raise RuntimeError(result.fail_reason())
@@ -71,15 +72,24 @@ def figure(cfg, ctx):
         a = Contender("bestiary classify", "bestiary", bestiary)
         b = Contender("boto3 + Pillow + onnxruntime script", "peer", python)
         alternate([a, b], cfg.rounds, f"bulk {count} photos")
-        settings = {"model": "built-in animals (EfficientNet-Lite0)", "batch_size": "32 (peer); Bestiary's own",
+        settings = {"model": "built-in animals (EfficientNet-Lite0)", "batch_size": "peer 32 on one session of every core; Bestiary its defaults: 1, on one 1-thread session per core",
                     "image_size": 224, "threads": cfg.threads, "photos": count,
                     "store": "SeaweedFS on 127.0.0.1 (crates/testkit launcher)"}
         flops = ctx["flops"]("efficientnet-lite0", 224)
-        return [
+        rows = [
             row("6 bulk", f"{count} photos from S3", settings, "throughput (whole process)", "img/s",
                 side(a, "images_per_second"), side(b, "images_per_second"), gflop_per_image=flops["forward_gflop"]),
             row("6 bulk", f"{count} photos from S3", settings, "peak RSS", "MB",
                 side(a, "rss_mb"), side(b, "rss_mb"), higher_is_better=False),
         ]
+        for scale in ((100, 400) if cfg.quick else (1000, 10000)):
+            scale_prefix = f"bench-bulk-scale-{scale}/photos"
+            upload(env, scale_prefix, scale)
+            a = Contender("bestiary classify", "bestiary", lambda r, p=scale_prefix, n=scale: bestiary(r, p, n))
+            b = Contender("boto3 + Pillow + onnxruntime script", "peer", lambda r, p=scale_prefix, n=scale: python(r, p, n))
+            alternate([a, b], 1, f"bulk memory at {scale} photos")
+            rows.append(row("6 bulk", f"memory at {scale} photos", {**settings, "photos": scale, "runs": 1}, "peak RSS", "MB",
+                            side(a, "rss_mb"), side(b, "rss_mb"), higher_is_better=False))
+        return rows
     finally:
         server.stop()

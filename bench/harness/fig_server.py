@@ -84,7 +84,7 @@ def figure(cfg, ctx):
                 rss = server.rss_mb()
                 if rss is not None:
                     peak_rss[server.name] = max(peak_rss.get(server.name, 0), rss)
-            settings = {"model": "built-in animals (EfficientNet-Lite0, fp16-stored weights)", "batch_size": "dynamic (server's own)",
+            settings = {"model": "built-in animals (EfficientNet-Lite0, fp16-stored weights)", "batch_size": "server defaults (Bestiary: the engine's choice, 1 on onnxruntime; FastAPI: 1 per request)",
                         "image_size": 224, "threads": cfg.threads, "clients": clients, "seconds_per_run": seconds,
                         "photo": f"{os.path.basename(image)} ({len(body) // 1024} KiB JPEG)"}
             flops = ctx["flops"]("efficientnet-lite0", 224)

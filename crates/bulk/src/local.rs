@@ -1,9 +1,10 @@
 //! The model run in this process: photos decoded and resized on a pool of worker threads, and
-//! batched into the engine on one inference thread, never on the async executor.
+//! batched into the engine on inference threads (one per engine instance), never on the async
+//! executor.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bestiary_dataset::decode::{DecodeError, DecodeLimits};
@@ -36,7 +37,8 @@ pub struct LocalSettings {
     pub model: Option<String>,
     pub engine: EngineKind,
     pub options: EngineOptions,
-    pub batch_size: usize,
+    /// `None`: the engine's preferred batch size.
+    pub batch_size: Option<usize>,
     pub decode_threads: usize,
     pub batch_wait: Duration,
     pub decode_limits: DecodeLimits,
@@ -63,13 +65,21 @@ impl LocalClassifier {
             .build()
             .map_err(|e| BulkError::config(format!("cannot start the decoding threads: {e}")))?;
         let (jobs, receiver) = std::sync::mpsc::channel();
-        let thread_model = model.clone();
-        let (batch_size, batch_wait, top_k) =
-            (settings.batch_size, settings.batch_wait, settings.top_k);
-        std::thread::Builder::new()
-            .name("bestiary-inference".into())
-            .spawn(move || run_batches(&thread_model, &receiver, batch_size, batch_wait, top_k))
-            .map_err(|e| BulkError::config(format!("cannot start the inference thread: {e}")))?;
+        // The inference threads take turns at the queue: each gathers its own batch.
+        let receiver = Arc::new(Mutex::new(receiver));
+        let batch_size = settings
+            .batch_size
+            .unwrap_or_else(|| model.preferred_batch_size());
+        let (batch_wait, top_k) = (settings.batch_wait, settings.top_k);
+        for index in 0..settings.options.instances.max(1) {
+            let (model, receiver) = (model.clone(), receiver.clone());
+            std::thread::Builder::new()
+                .name(format!("bestiary-inference-{index}"))
+                .spawn(move || run_batches(&model, &receiver, batch_size, batch_wait, top_k))
+                .map_err(|e| {
+                    BulkError::config(format!("cannot start the inference threads: {e}"))
+                })?;
+        }
         Ok(Self {
             model,
             preprocessor,
@@ -125,17 +135,22 @@ impl LocalClassifier {
     }
 }
 
-/// The inference thread: takes the first waiting image, gathers up to `batch_size` (waiting at
-/// most `batch_wait` for stragglers), runs them as one batch and answers each.
+/// An inference thread: takes the first waiting image, gathers up to `batch_size` (waiting at
+/// most `batch_wait` for stragglers), runs them as one batch and answers each. The queue is
+/// held only while gathering, so other inference threads gather while this one runs.
 fn run_batches(
     model: &LoadedModel,
-    jobs: &Receiver<InferenceJob>,
+    queue: &Mutex<Receiver<InferenceJob>>,
     batch_size: usize,
     batch_wait: Duration,
     top_k: usize,
 ) {
     let mut input = Vec::with_capacity(batch_size * model.input_len());
-    while let Ok(first) = jobs.recv() {
+    loop {
+        let jobs = queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Ok(first) = jobs.recv() else { break };
         let mut batch = vec![first];
         let deadline = Instant::now() + batch_wait;
         while batch.len() < batch_size {
@@ -151,6 +166,7 @@ fn run_batches(
                 }
             }
         }
+        drop(jobs);
         input.clear();
         for job in &batch {
             input.extend_from_slice(&job.tensor);

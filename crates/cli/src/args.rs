@@ -481,11 +481,13 @@ pub struct ServeArgs {
     #[arg(long, env = "BESTIARY_BUCKET", default_value = "./bucket")]
     pub bucket: String,
 
-    /// Images per inference batch, at most.
-    #[arg(long, env = "BESTIARY_MAX_BATCH_SIZE", default_value_t = 32)]
-    pub max_batch_size: usize,
+    /// Images per inference batch, at most [default: the engine's choice: 1 for ort and tract,
+    /// whose per-image speed on a CPU falls as batches grow; 32 for burn].
+    #[arg(long, env = "BESTIARY_MAX_BATCH_SIZE")]
+    pub max_batch_size: Option<usize>,
 
-    /// How long the first image of a batch waits for more to join it, in milliseconds.
+    /// How long the first image of a batch waits for more to join it, in milliseconds (only
+    /// when batches of more than one image are formed).
     #[arg(long, env = "BESTIARY_MAX_BATCH_DELAY_MS", default_value_t = 2)]
     pub max_batch_delay_ms: u64,
 
@@ -687,9 +689,10 @@ pub struct BulkArgs {
     #[arg(long, env = "BESTIARY_SHARDS")]
     pub shards: Option<u32>,
 
-    /// Images per inference batch, at most.
-    #[arg(long, env = "BESTIARY_BATCH_SIZE", default_value_t = 32)]
-    pub batch_size: usize,
+    /// Images per inference batch, at most [default: the engine's choice: 1 for ort and tract,
+    /// whose per-image speed on a CPU falls as batches grow; 32 for burn].
+    #[arg(long, env = "BESTIARY_BATCH_SIZE")]
+    pub batch_size: Option<usize>,
 
     /// Photos downloaded, decoded or classified at once (requests in flight with --endpoint).
     #[arg(long, env = "BESTIARY_CONCURRENCY", default_value_t = 64)]
@@ -699,9 +702,15 @@ pub struct BulkArgs {
     #[arg(long, env = "BESTIARY_DECODE_THREADS")]
     pub decode_threads: Option<usize>,
 
-    /// Threads one inference batch may use (default: every core).
+    /// Threads one inference batch may use [default: cores ÷ --inference-workers; 1 when
+    /// neither is given, except for burn: every core].
     #[arg(long, env = "BESTIARY_THREADS")]
     pub threads: Option<usize>,
+
+    /// Inferences run at once, each on its own copy of the model [default: cores ÷ --threads;
+    /// one per core when neither is given, except for burn: 1].
+    #[arg(long, env = "BESTIARY_INFERENCE_WORKERS")]
+    pub inference_workers: Option<usize>,
 
     /// Labels listed per photo.
     #[arg(long, env = "BESTIARY_TOP_K", default_value_t = 5)]

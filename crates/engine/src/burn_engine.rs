@@ -117,6 +117,12 @@ impl Engine for BurnEngine {
         EngineKind::Burn
     }
 
+    /// Burn pays a fixed cost per call (and on a GPU a launch per layer), which batches
+    /// amortise.
+    fn preferred_batch_size(&self) -> usize {
+        32
+    }
+
     fn describe(&self) -> String {
         format!("burn on {:?}", self.device)
     }

@@ -40,6 +40,11 @@ impl LoadedModel {
         }
     }
 
+    /// The batch size its engine runs best at (see [`Engine::preferred_batch_size`]).
+    pub fn preferred_batch_size(&self) -> usize {
+        self.engine.preferred_batch_size().max(1)
+    }
+
     /// Floats per preprocessed image: `3 × size × size`.
     pub fn input_len(&self) -> usize {
         let side = self.metadata.input.image_size as usize;

@@ -2,6 +2,7 @@
 //! PyPI wheel, loads it once per process with `ort`, and runs a model's ONNX graph.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ort::environment::Environment;
@@ -297,9 +298,11 @@ struct Runner {
 
 /// An ONNX graph in onnxruntime.
 pub struct OrtEngine {
-    /// `Session::run` takes `&mut self` (onnxruntime's allocators are not all thread-safe), so
-    /// concurrent calls queue here; each call already uses every intra-op thread.
-    runner: Mutex<Runner>,
+    /// One session per instance. `Session::run` takes `&mut self` (onnxruntime's allocators
+    /// are not all thread-safe), so a call takes a free session, or queues for one.
+    runners: Vec<Mutex<Runner>>,
+    /// Where a call that finds every session busy queues, in turn.
+    next: AtomicUsize,
     input: String,
     output: String,
     /// Channels, height and width of one image, from the graph.
@@ -309,9 +312,9 @@ pub struct OrtEngine {
 }
 
 impl OrtEngine {
-    /// A session for the ONNX model `onnx`, with the library at `library` (see
-    /// [`find_onnxruntime`] / [`ensure_onnxruntime`]), graph optimisation level 3 and
-    /// `options.threads()` intra-op threads.
+    /// `options.instances` sessions for the ONNX model `onnx`, with the library at `library`
+    /// (see [`find_onnxruntime`] / [`ensure_onnxruntime`]), graph optimisation level 3 and
+    /// `options.threads()` intra-op threads each.
     ///
     /// # Errors
     /// [`EngineError::Unavailable`] when the library cannot load; [`EngineError::InvalidModel`]
@@ -323,14 +326,17 @@ impl OrtEngine {
             reason,
         };
         let threads = options.threads();
-        let session = Session::builder(&runtime.environment)
-            .and_then(|builder| -> ort::Result<Session> {
-                builder
-                    .with_optimization_level(GraphOptimizationLevel::Level3)?
-                    .with_intra_threads(threads)?
-                    .commit_from_memory(onnx)
-            })
-            .map_err(|e| invalid(format!("onnxruntime cannot load it: {e}")))?;
+        let open_session = || {
+            Session::builder(&runtime.environment)
+                .and_then(|builder| -> ort::Result<Session> {
+                    builder
+                        .with_optimization_level(GraphOptimizationLevel::Level3)?
+                        .with_intra_threads(threads)?
+                        .commit_from_memory(onnx)
+                })
+                .map_err(|e| invalid(format!("onnxruntime cannot load it: {e}")))
+        };
+        let session = open_session()?;
         let input = session
             .inputs()
             .first()
@@ -356,14 +362,19 @@ impl OrtEngine {
             .ok_or_else(|| invalid("the graph has no output".to_owned()))?
             .name()
             .to_owned();
-        let run_options = RunOptions::new()
-            .map_err(|e| invalid(format!("run options: {e}")))?
-            .with_outputs(OutputSelector::no_default().with(output.clone()));
+        let runner = |session| -> Result<Mutex<Runner>, EngineError> {
+            let options = RunOptions::new()
+                .map_err(|e| invalid(format!("run options: {e}")))?
+                .with_outputs(OutputSelector::no_default().with(output.clone()));
+            Ok(Mutex::new(Runner { session, options }))
+        };
+        let mut runners = vec![runner(session)?];
+        for _ in 1..options.instances.max(1) {
+            runners.push(runner(open_session()?)?);
+        }
         Ok(Self {
-            runner: Mutex::new(Runner {
-                session,
-                options: run_options,
-            }),
+            runners,
+            next: AtomicUsize::new(0),
             input,
             output,
             image,
@@ -380,6 +391,21 @@ impl OrtEngine {
     /// Channels, height and width of one input image, as the graph declares them.
     pub fn image_shape(&self) -> [usize; 3] {
         self.image
+    }
+
+    /// A session no other call is using, else the next one in turn once it is free.
+    fn free_runner(&self) -> std::sync::MutexGuard<'_, Runner> {
+        for runner in &self.runners {
+            match runner.try_lock() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => return poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.runners.len();
+        self.runners[turn]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn failed(e: impl std::fmt::Display) -> EngineError {
@@ -400,10 +426,7 @@ impl Engine for OrtEngine {
         // A view of the caller's buffer: onnxruntime reads it in place, without a copy.
         let tensor = TensorRef::from_array_view(([batch, channels, height, width], input))
             .map_err(Self::failed)?;
-        let mut runner = self
-            .runner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut runner = self.free_runner();
         let Runner { session, options } = &mut *runner;
         let outputs = session
             .run_with_options(ort::inputs![self.input.as_str() => tensor], options)
@@ -420,8 +443,12 @@ impl Engine for OrtEngine {
     }
 
     fn describe(&self) -> String {
+        let sessions = match self.runners.len() {
+            1 => String::new(),
+            n => format!("{n} sessions × "),
+        };
         format!(
-            "ort (onnxruntime from {}, {} threads)",
+            "ort (onnxruntime from {}, {sessions}{} threads)",
             self.library.display(),
             self.threads
         )

@@ -20,17 +20,26 @@ use rand::{Rng, SeedableRng};
 fn offline() -> EngineOptions {
     EngineOptions {
         threads: Some(2),
+        instances: 1,
         allow_download: false,
     }
 }
 
 fn from_parts(parts: &Parts, engine: EngineKind) -> Result<LoadedModel, EngineError> {
+    from_parts_with(parts, engine, &offline())
+}
+
+fn from_parts_with(
+    parts: &Parts,
+    engine: EngineKind,
+    options: &EngineOptions,
+) -> Result<LoadedModel, EngineError> {
     LoadedModel::from_parts(
         parts.metadata.clone(),
         &parts.onnx,
         Some(&parts.weights),
         engine,
-        &offline(),
+        options,
         "test:animals",
     )
 }
@@ -109,13 +118,30 @@ fn auto_runs_onnxruntime_when_installed_and_tract_otherwise() {
 fn engines_serve_concurrent_callers() {
     let parts = parts();
     let input = images(parts, 4);
-    for kind in engines_here() {
-        let model = from_parts(parts, kind).unwrap();
+    // One instance on two threads, and three single-threaded instances (three onnxruntime
+    // sessions) shared by four callers.
+    let several = EngineOptions {
+        threads: Some(1),
+        instances: 3,
+        ..offline()
+    };
+    for (kind, options) in engines_here()
+        .into_iter()
+        .flat_map(|kind| [(kind, offline()), (kind, several.clone())])
+    {
+        let model = from_parts_with(parts, kind, &options).unwrap();
         let per_image = model.input_len();
         let sequential: Vec<Vec<f32>> = input
             .chunks_exact(per_image)
             .map(|image| model.engine.infer(image, 1).unwrap())
             .collect();
+        if options.instances > 1 && kind == EngineKind::Ort {
+            assert!(
+                model.engine.describe().contains("3 sessions"),
+                "{}",
+                model.engine.describe()
+            );
+        }
         std::thread::scope(|scope| {
             for thread in 0..4 {
                 let (model, input, sequential) = (&model, &input, &sequential);

@@ -16,6 +16,7 @@ fn a_missing_library_makes_ort_unavailable_and_auto_fall_back() {
     // Downloading is allowed, yet an explicit library is never replaced by a download.
     let options = EngineOptions {
         threads: Some(1),
+        instances: 1,
         allow_download: true,
     };
     let load = |engine| {

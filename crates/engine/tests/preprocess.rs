@@ -96,6 +96,7 @@ fn downscaled_jpegs_give_the_same_predictions() {
     let parts = parts();
     let options = EngineOptions {
         threads: Some(2),
+        instances: 1,
         allow_download: false,
     };
     let model = LoadedModel::from_parts(

@@ -23,6 +23,7 @@ fn batch_one_throughput_per_engine() {
     );
     let options = EngineOptions {
         threads: None,
+        instances: 1,
         allow_download: false,
     };
     let mut kinds = vec![EngineKind::Tract, EngineKind::Burn];

@@ -23,7 +23,8 @@ use crate::usage::Usage;
 /// How batches are formed.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchSettings {
-    pub max_batch_size: usize,
+    /// `None`: each model's engine decides ([`bestiary_engine::LoadedModel::preferred_batch_size`]).
+    pub max_batch_size: Option<usize>,
     pub max_batch_delay: Duration,
     /// Images admitted at once, from pre-processing until their batch has run.
     pub max_queue: usize,
@@ -178,8 +179,11 @@ fn run_batches(receiver: &mpsc::Receiver<Job>, settings: BatchSettings, usage: &
         // The delay counts from the first job's submission: when inference was busy, jobs that
         // already waited go at once with whatever has queued behind them.
         let deadline = first.submitted + settings.max_batch_delay;
+        let max_batch_size = settings
+            .max_batch_size
+            .unwrap_or_else(|| first.model.model.preferred_batch_size());
         let mut batch = vec![first];
-        while batch.len() < settings.max_batch_size {
+        while batch.len() < max_batch_size {
             let wait = deadline.saturating_duration_since(Instant::now());
             // Disconnected means shutdown: the batch gathered so far still runs.
             let next = if wait.is_zero() {

@@ -15,8 +15,9 @@ pub const DEFAULT_COST_PER_VCPU_HOUR: f64 = 0.23 / 4.0;
 pub struct ServeConfig {
     /// Where to listen; port 0 picks a free one.
     pub addr: SocketAddr,
-    /// Images per inference batch, at most.
-    pub max_batch_size: usize,
+    /// Images per inference batch, at most; `None` lets each model's engine choose (one image
+    /// on CPU engines, where larger batches are slower per image).
+    pub max_batch_size: Option<usize>,
     /// How long the first image of a batch waits for others to join it.
     pub max_batch_delay: Duration,
     /// Images admitted (pre-processing, waiting or in inference) at once; beyond it 429.
@@ -53,7 +54,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            max_batch_size: 32,
+            max_batch_size: None,
             // Short: under load the inference thread is busy and batches fill while it works;
             // the delay only holds back a lone request, which it costs latency.
             max_batch_delay: Duration::from_millis(2),
@@ -83,7 +84,7 @@ impl ServeConfig {
     /// Checks the settings that would make the server unusable.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
-            ("max batch size", self.max_batch_size),
+            ("max batch size", self.max_batch_size.unwrap_or(1)),
             ("max queue", self.max_queue),
             ("max concurrent requests", self.max_concurrent_requests),
             ("max body size", self.max_body_bytes),

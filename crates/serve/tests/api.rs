@@ -533,7 +533,7 @@ fn a_full_queue_answers_429_at_once_with_retry_after() {
         // One image fills the queue, and its batch waits 600 ms for company.
         let mut harness = Harness::start(|config| {
             config.max_queue = 1;
-            config.max_batch_size = 8;
+            config.max_batch_size = Some(8);
             config.max_batch_delay = Duration::from_millis(600);
         })
         .await;
@@ -588,7 +588,7 @@ fn concurrency_limit_and_request_timeout() {
     multi_thread().block_on(async {
         let mut harness = Harness::start(|config| {
             config.max_concurrent_requests = 1;
-            config.max_batch_size = 8;
+            config.max_batch_size = Some(8);
             config.max_batch_delay = Duration::from_millis(600);
             config.request_timeout = Duration::from_millis(300);
         })
@@ -632,7 +632,7 @@ fn concurrency_limit_and_request_timeout() {
 fn concurrent_requests_are_batched_and_metrics_and_usage_count_them() {
     multi_thread().block_on(async {
         let mut harness = Harness::start(|config| {
-            config.max_batch_size = 16;
+            config.max_batch_size = Some(16);
             config.max_batch_delay = Duration::from_millis(150);
         })
         .await;

@@ -33,7 +33,7 @@ fn batches_group_one_model_version_and_never_mix_two() {
         let usage = Arc::new(Usage::new(0.1));
         let batcher = Batcher::start(
             BatchSettings {
-                max_batch_size: 8,
+                max_batch_size: Some(8),
                 max_batch_delay: Duration::from_millis(300),
                 max_queue: 16,
             },
@@ -87,7 +87,7 @@ fn batches_group_one_model_version_and_never_mix_two() {
 fn admission_is_refused_beyond_the_queue() {
     let batcher = Batcher::start(
         BatchSettings {
-            max_batch_size: 4,
+            max_batch_size: Some(4),
             max_batch_delay: Duration::from_millis(1),
             max_queue: 3,
         },

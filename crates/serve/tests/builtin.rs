@@ -47,6 +47,7 @@ fn the_built_in_model_names_the_animal_in_every_api() {
             kind: EngineKind::Auto,
             options: EngineOptions {
                 threads: None,
+                instances: 1,
                 allow_download: false,
             },
         };

@@ -42,7 +42,7 @@ fn shutdown_drains_in_flight_requests_then_refuses_connections() {
     runtime().block_on(async {
         // Every request sits in a batch that waits 700 ms for company.
         let mut harness = Harness::start(|config| {
-            config.max_batch_size = 64;
+            config.max_batch_size = Some(64);
             config.max_batch_delay = Duration::from_millis(700);
         })
         .await;
@@ -68,7 +68,7 @@ fn shutdown_drains_in_flight_requests_then_refuses_connections() {
 fn sighup_reloads_and_sigterm_drains_and_stops() {
     runtime().block_on(async {
         let mut harness = Harness::start(|config| {
-            config.max_batch_size = 64;
+            config.max_batch_size = Some(64);
             config.max_batch_delay = Duration::from_millis(700);
         })
         .await;

@@ -42,10 +42,11 @@ pub fn config(input: &str, out: &str, model: Option<&str>, store: StoreOptions) 
         model: model.map(str::to_owned),
         engine: EngineKind::Tract,
         options: EngineOptions {
-            threads: Some(2),
+            threads: Some(1),
+            instances: 2,
             allow_download: false,
         },
-        batch_size: 8,
+        batch_size: Some(8),
         decode_threads: 2,
         batch_wait: Duration::from_millis(2),
     };

@@ -10,7 +10,6 @@ use bestiary_bulk::{
     BackendConfig, BulkConfig, ClassifyOptions, MergeOptions, MergeReport, Progress, RunReport,
     Shard, Tally,
 };
-use bestiary_engine::EngineOptions;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
@@ -76,10 +75,11 @@ pub fn bulk_config(
         None => BackendConfig::Local {
             model: args.model.clone(),
             engine: args.engine,
-            options: EngineOptions {
-                threads: args.threads,
-                ..EngineOptions::default()
-            },
+            options: bestiary_bulk::config::throughput_options(
+                args.engine,
+                args.threads,
+                args.inference_workers,
+            ),
             batch_size: args.batch_size,
             decode_threads: args
                 .decode_threads

@@ -170,9 +170,11 @@ pub async fn invocations(
 pub async fn execution_parameters(State(state): State<AppState>) -> Json<ExecutionParameters> {
     let config = &state.config;
     Json(ExecutionParameters {
-        // Enough requests to fill a batch, no more than the server admits at once.
+        // Enough requests to fill a batch (or, unbatched, to decode while another image runs),
+        // no more than the server admits at once.
         max_concurrent_transforms: config
             .max_batch_size
+            .unwrap_or(4)
             .min(config.max_concurrent_requests)
             .max(1),
         batch_strategy: "MULTI_RECORD".into(),

@@ -28,6 +28,7 @@ pub fn engine() -> EngineSettings {
         kind: EngineKind::Tract,
         options: EngineOptions {
             threads: Some(2),
+            instances: 1,
             allow_download: false,
         },
     }
