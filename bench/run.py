@@ -1,7 +1,7 @@
 """bench/run's main program: runs the selected figures (Bestiary and its peer alternately, on the
 same inputs, in this one run), prints medians and ratios, and writes results/<date>.json,
-results/latest.md and results/latest.png. Quick runs write under work/results-quick/ and runs of
-some figures only (--only) under work/results-partial/, so that results/ always holds whole runs."""
+results/latest.md and results/latest.png. Quick runs write under work/results-quick/ instead; runs
+of some figures only (--only) write results/<date>.md and .png but leave latest.* to whole runs."""
 
 import argparse
 import datetime
@@ -90,15 +90,13 @@ def main():
         results["peak"] = fig_peak.measure(cfg)
     except Exception as error:  # noqa: BLE001
         results["errors"]["peak"] = str(error)
-    if cfg.quick:
-        folder = os.path.join(WORK, "results-quick")
-    elif set(FIGURES) - set(cfg.only):
-        folder = os.path.join(WORK, "results-partial")
-    else:
-        folder = RESULTS
+    folder = os.path.join(WORK, "results-quick") if cfg.quick else RESULTS
+    partial = bool(set(FIGURES) - set(cfg.only))
     os.makedirs(folder, exist_ok=True)
     stamp = started.strftime("%Y-%m-%d-%H%M%S")
     results["json_path"] = os.path.join(folder, f"{stamp}.json")
+    # Only a run of every figure becomes latest.*, so the README's table is never half replaced.
+    report_name = f"{stamp}-partial" if partial else "latest"
 
     def save():
         """Written after every figure, so an interrupted run keeps what it measured."""
@@ -107,7 +105,7 @@ def main():
         desc["load_average_at_end"] = os.getloadavg()
         with open(results["json_path"], "w") as f:
             json.dump(results, f, indent=2, default=str)
-        with open(os.path.join(folder, "latest.md"), "w") as f:
+        with open(os.path.join(folder, f"{report_name}.md"), "w") as f:
             f.write(report.markdown(results))
 
     for name in cfg.only:
@@ -121,7 +119,9 @@ def main():
             results["errors"][name] = f"{type(error).__name__}: {error}"
         save()
     save()
-    if report.chart(results, os.path.join(folder, "latest.png")):
+    if partial:
+        report.chart(results, os.path.join(folder, f"{report_name}.png"))
+    elif report.chart(results, os.path.join(folder, "latest.png")):
         shutil.copy(os.path.join(folder, "latest.png"), os.path.join(folder, f"{stamp}.png"))
     print(report.console(results))
     failed = dict(results["errors"])
@@ -131,7 +131,7 @@ def main():
                 failed[f"{r['figure']} / {r['workload']} / {r[s]['name']}"] = r[s]["error"]
     for name, error in failed.items():
         print(f"FAILED {name}: {error[:300]}")
-    print(f"results: {results['json_path']}, {os.path.join(folder, 'latest.md')} ({results['seconds'] / 60:.1f} min)")
+    print(f"results: {results['json_path']}, {os.path.join(folder, report_name + '.md')} ({results['seconds'] / 60:.1f} min)")
     return 1 if failed else 0
 
 

@@ -28,6 +28,7 @@ class Background:
         self.log = tempfile.NamedTemporaryFile("w+", prefix=f"bench-{name}-", suffix=".log", delete=False)
         full_env = dict(os.environ)
         full_env.update(env or {})
+        self.started = time.monotonic()
         self.proc = subprocess.Popen([str(c) for c in cmd], stdout=self.log, stderr=subprocess.STDOUT,
                                      cwd=cwd, env=full_env, start_new_session=True)
 
@@ -60,6 +61,7 @@ class Background:
 
 
 def wait_http(server, url, timeout=120):
+    """Waits until `url` answers 200; returns the seconds since the server was started."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not server.alive():
@@ -67,10 +69,10 @@ def wait_http(server, url, timeout=120):
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
-                    return
+                    return time.monotonic() - server.started
         except OSError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.01)
     raise RuntimeError(f"{server.name} not ready at {url} after {timeout} s: {server.output()}")
 
 

@@ -200,39 +200,11 @@ impl BackendConfig {
         Self::Local {
             model,
             engine,
-            options: throughput_options(engine, None, None),
+            options: EngineOptions::for_throughput(engine, None, None),
             batch_size: None,
             decode_threads: default_threads(),
             batch_wait: Duration::from_millis(5),
         }
-    }
-}
-
-/// Engine options for throughput: how many inferences run at once (`instances`, one
-/// inference thread each) and on how many threads each, filled in from whichever of the two the
-/// user gave. With neither, CPU engines get one single-threaded instance per core: decoding
-/// shares those cores, and a multi-threaded inference then stalls at its barriers whenever one
-/// of its threads is preempted (on 2 vCPUs, 5,000 photos from SeaweedFS, 3 alternating runs
-/// each: two 1-thread onnxruntime sessions 16.3–18.4 s and 27–29 CPU-seconds, one 2-thread
-/// session 18.8–28.3 s and 32–48 CPU-seconds).
-/// burn serialises its calls, so it gets one instance on every core.
-pub fn throughput_options(
-    engine: EngineKind,
-    threads: Option<usize>,
-    instances: Option<usize>,
-) -> EngineOptions {
-    let cores = default_threads();
-    let (threads, instances) = match (threads, instances) {
-        (Some(t), Some(i)) => (t, i),
-        (Some(t), None) => (t, (cores / t.max(1)).max(1)),
-        (None, Some(i)) => ((cores / i.max(1)).max(1), i),
-        (None, None) if engine == EngineKind::Burn => (cores, 1),
-        (None, None) => (1, cores),
-    };
-    EngineOptions {
-        threads: Some(threads),
-        instances,
-        ..EngineOptions::default()
     }
 }
 

@@ -486,6 +486,16 @@ pub struct ServeArgs {
     #[arg(long, env = "BESTIARY_MAX_BATCH_SIZE")]
     pub max_batch_size: Option<usize>,
 
+    /// Threads one inference may use [default: cores ÷ --inference-workers; 1 when neither is
+    /// given, except for burn: every core].
+    #[arg(long, env = "BESTIARY_THREADS")]
+    pub threads: Option<usize>,
+
+    /// Inferences run at once, each on its own copy of the model and thread [default: cores ÷
+    /// --threads; one per core when neither is given, except for burn: 1].
+    #[arg(long, env = "BESTIARY_INFERENCE_WORKERS")]
+    pub inference_workers: Option<usize>,
+
     /// How long the first image of a batch waits for more to join it, in milliseconds (only
     /// when batches of more than one image are formed).
     #[arg(long, env = "BESTIARY_MAX_BATCH_DELAY_MS", default_value_t = 2)]

@@ -1,6 +1,7 @@
 //! Dynamic batching: requests are admitted into a bounded queue, their pre-processed images are
 //! gathered into batches (up to a size, or until the first has waited long enough) and run on
-//! one dedicated inference thread, while the next images are decoded on the blocking pool.
+//! dedicated inference threads (one per engine instance), while the next images are decoded on
+//! the blocking pool.
 
 use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
@@ -28,6 +29,9 @@ pub struct BatchSettings {
     pub max_batch_delay: Duration,
     /// Images admitted at once, from pre-processing until their batch has run.
     pub max_queue: usize,
+    /// Inference threads, each running its own batches; as many as the engine has instances
+    /// ([`bestiary_engine::EngineOptions::instances`]), so that none waits for another.
+    pub inference_threads: usize,
 }
 
 /// One image's answer and how it got there.
@@ -53,11 +57,11 @@ struct Job {
     reply: Reply,
 }
 
-/// The queue and its inference thread.
+/// The queue and its inference threads.
 pub struct Batcher {
-    /// `None` once closed: no new jobs, the thread finishes those queued and stops.
+    /// `None` once closed: no new jobs, the threads finish those queued and stop.
     sender: Mutex<Option<mpsc::Sender<Job>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
     admission: Arc<Semaphore>,
     max_queue: usize,
 }
@@ -81,15 +85,22 @@ fn report_queue_depth(admission: &Semaphore, max_queue: usize) {
 }
 
 impl Batcher {
-    /// Starts the inference thread.
+    /// Starts the inference threads.
     pub fn start(settings: BatchSettings, usage: Arc<Usage>) -> std::io::Result<Self> {
         let (sender, receiver) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("bestiary-inference".into())
-            .spawn(move || run_batches(&receiver, settings, &usage))?;
+        // The threads take turns at the queue: each gathers its own batch, then runs it.
+        let receiver = Arc::new(Mutex::new(receiver));
+        let threads = (0..settings.inference_threads.max(1))
+            .map(|index| {
+                let (receiver, usage) = (receiver.clone(), usage.clone());
+                std::thread::Builder::new()
+                    .name(format!("bestiary-inference-{index}"))
+                    .spawn(move || run_batches(&receiver, settings, &usage))
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Self {
             sender: Mutex::new(Some(sender)),
-            thread: Mutex::new(Some(thread)),
+            threads: Mutex::new(threads),
             admission: Arc::new(Semaphore::new(settings.max_queue)),
             max_queue: settings.max_queue,
         })
@@ -155,20 +166,22 @@ impl Batcher {
     /// Stops taking jobs and waits until those already queued have run.
     pub fn close(&self) {
         drop(self.sender.lock().unwrap_or_else(|p| p.into_inner()).take());
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(thread) = thread
-            && thread.join().is_err()
-        {
-            tracing::error!("the inference thread panicked");
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("an inference thread panicked");
+            }
         }
     }
 }
 
-/// The inference thread: gathers jobs into batches until every sender is gone.
-fn run_batches(receiver: &mpsc::Receiver<Job>, settings: BatchSettings, usage: &Usage) {
-    // A job for another model than the batch being gathered starts the next batch.
+/// An inference thread: gathers jobs into batches until every sender is gone. The queue is held
+/// only while gathering, so other inference threads gather while this one runs its batch.
+fn run_batches(queue: &Mutex<mpsc::Receiver<Job>>, settings: BatchSettings, usage: &Usage) {
+    // A job for another model than the batch being gathered starts this thread's next batch.
     let mut carried: Option<Job> = None;
     loop {
+        let receiver = queue.lock().unwrap_or_else(|p| p.into_inner());
         let first = match carried.take() {
             Some(job) => job,
             None => match receiver.recv() {
@@ -200,6 +213,7 @@ fn run_batches(receiver: &mpsc::Receiver<Job>, settings: BatchSettings, usage: &
                 None => break,
             }
         }
+        drop(receiver);
         run_batch(batch, usage);
     }
 }

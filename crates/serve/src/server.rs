@@ -63,6 +63,7 @@ impl Server {
                 max_batch_size: config.max_batch_size,
                 max_batch_delay: config.max_batch_delay,
                 max_queue: config.max_queue,
+                inference_threads: engine.options.instances,
             },
             usage.clone(),
         )?;

@@ -1,5 +1,6 @@
 //! The batch queue on its own: images of one model version share batches, versions never mix
-//! in one batch (their inputs may not even have the same size), and closing finishes the queue.
+//! in one batch (their inputs may not even have the same size) even with several inference
+//! threads, and closing finishes the queue.
 
 mod common;
 
@@ -36,6 +37,8 @@ fn batches_group_one_model_version_and_never_mix_two() {
                 max_batch_size: Some(8),
                 max_batch_delay: Duration::from_millis(300),
                 max_queue: 16,
+                // Two threads take turns at the queue; batches still gather whole.
+                inference_threads: 2,
             },
             usage.clone(),
         )
@@ -90,6 +93,7 @@ fn admission_is_refused_beyond_the_queue() {
             max_batch_size: Some(4),
             max_batch_delay: Duration::from_millis(1),
             max_queue: 3,
+            inference_threads: 1,
         },
         Arc::new(Usage::new(0.1)),
     )

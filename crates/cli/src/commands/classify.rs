@@ -75,7 +75,7 @@ pub fn bulk_config(
         None => BackendConfig::Local {
             model: args.model.clone(),
             engine: args.engine,
-            options: bestiary_bulk::config::throughput_options(
+            options: bestiary_engine::EngineOptions::for_throughput(
                 args.engine,
                 args.threads,
                 args.inference_workers,

@@ -68,7 +68,11 @@ pub async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitC
     let keys = config.api_keys.len();
     let engine = EngineSettings {
         kind: args.engine,
-        ..EngineSettings::default()
+        options: bestiary_engine::EngineOptions::for_throughput(
+            args.engine,
+            args.threads,
+            args.inference_workers,
+        ),
     };
     let server = Server::start(config, engine).await?;
     server.handle_signals()?;
