@@ -492,7 +492,8 @@ pub struct ServeArgs {
     pub threads: Option<usize>,
 
     /// Inferences run at once, each on its own copy of the model and thread [default: cores ÷
-    /// --threads; one per core when neither is given, except for burn: 1].
+    /// --threads; one per core when neither is given, except for burn: 1]. With more than one on
+    /// onnxruntime, an inference that runs alone uses all their threads.
     #[arg(long, env = "BESTIARY_INFERENCE_WORKERS")]
     pub inference_workers: Option<usize>,
 
@@ -718,7 +719,8 @@ pub struct BulkArgs {
     pub threads: Option<usize>,
 
     /// Inferences run at once, each on its own copy of the model [default: cores ÷ --threads;
-    /// one per core when neither is given, except for burn: 1].
+    /// one per core when neither is given, except for burn: 1]. With more than one on
+    /// onnxruntime, an inference that runs alone uses all their threads.
     #[arg(long, env = "BESTIARY_INFERENCE_WORKERS")]
     pub inference_workers: Option<usize>,
 

@@ -40,7 +40,8 @@ pub struct EngineOptions {
     /// Threads one inference may use; `None` means every available core.
     pub threads: Option<usize>,
     /// Inferences that may run at once, each on its own `threads`: onnxruntime opens this many
-    /// sessions; tract runs concurrent calls on one plan anyway and burn serialises them.
+    /// sessions (plus, when more than one, a session on all their threads for a call that runs
+    /// alone); tract runs concurrent calls on one plan anyway and burn serialises them.
     /// Several single-threaded instances beat one instance spread over every core when other
     /// work (decoding) shares the cores: no thread waits at a barrier for one that was
     /// preempted.

@@ -119,7 +119,8 @@ fn engines_serve_concurrent_callers() {
     let parts = parts();
     let input = images(parts, 4);
     // One instance on two threads, and three single-threaded instances (three onnxruntime
-    // sessions) shared by four callers.
+    // sessions, and a three-thread one for lone calls) shared by four callers, whose answers
+    // must not depend on which session ran them.
     let several = EngineOptions {
         threads: Some(1),
         instances: 3,
@@ -137,7 +138,11 @@ fn engines_serve_concurrent_callers() {
             .collect();
         if options.instances > 1 && kind == EngineKind::Ort {
             assert!(
-                model.engine.describe().contains("3 sessions"),
+                model.engine.describe().contains("3 sessions")
+                    && model
+                        .engine
+                        .describe()
+                        .contains("one of 3 threads for lone calls"),
                 "{}",
                 model.engine.describe()
             );
@@ -156,6 +161,17 @@ fn engines_serve_concurrent_callers() {
                 });
             }
         });
+        // After a quiet spell (the engine waits 250 ms without overlap), lone calls take
+        // the wide session; they must answer as the narrow ones did.
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        for (index, image) in input.chunks_exact(per_image).enumerate() {
+            let logits = model.engine.infer(image, 1).unwrap();
+            let diff = max_diff(&logits, &sequential[index]);
+            assert!(
+                diff < 1e-5,
+                "{kind}: lone call on image {index} differs by {diff}"
+            );
+        }
     }
 }
 
