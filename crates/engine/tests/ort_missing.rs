@@ -1,6 +1,7 @@
 //! `ORT_DYLIB_PATH` naming a missing file: `ort` fails clearly, `auto` falls back to tract.
 //! A test binary of its own, because the variable is process-wide.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use bestiary_engine::{EngineError, EngineKind, EngineOptions, LoadedModel, ensure_onnxruntime};

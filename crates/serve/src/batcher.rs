@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -181,41 +181,58 @@ fn run_batches(queue: &Mutex<mpsc::Receiver<Job>>, settings: BatchSettings, usag
     // A job for another model than the batch being gathered starts this thread's next batch.
     let mut carried: Option<Job> = None;
     loop {
-        let receiver = queue.lock().unwrap_or_else(|p| p.into_inner());
-        let first = match carried.take() {
-            Some(job) => job,
-            None => match receiver.recv() {
-                Ok(job) => job,
-                Err(_) => return,
+        let (receiver, first) = match carried.take() {
+            // Never wait for the queue with a job in hand: the thread holding it may be blocked
+            // on an empty queue, and would keep this job unanswered until more work arrives.
+            // When the queue is busy the held job runs as a batch of its own.
+            Some(job) => match queue.try_lock() {
+                Ok(receiver) => (Some(receiver), job),
+                Err(TryLockError::Poisoned(poisoned)) => (Some(poisoned.into_inner()), job),
+                Err(TryLockError::WouldBlock) => (None, job),
             },
-        };
-        // The delay counts from the first job's submission: when inference was busy, jobs that
-        // already waited go at once with whatever has queued behind them.
-        let deadline = first.submitted + settings.max_batch_delay;
-        let max_batch_size = settings
-            .max_batch_size
-            .unwrap_or_else(|| first.model.model.preferred_batch_size());
-        let mut batch = vec![first];
-        while batch.len() < max_batch_size {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            // Disconnected means shutdown: the batch gathered so far still runs.
-            let next = if wait.is_zero() {
-                receiver.try_recv().ok()
-            } else {
-                receiver.recv_timeout(wait).ok()
-            };
-            match next {
-                Some(job) if Arc::ptr_eq(&job.model, &batch[0].model) => batch.push(job),
-                Some(job) => {
-                    carried = Some(job);
-                    break;
+            None => {
+                let receiver = queue.lock().unwrap_or_else(|p| p.into_inner());
+                match receiver.recv() {
+                    Ok(job) => (Some(receiver), job),
+                    Err(_) => return,
                 }
-                None => break,
             }
+        };
+        let mut batch = vec![first];
+        if let Some(receiver) = receiver {
+            carried = gather(&receiver, &mut batch, settings);
         }
-        drop(receiver);
         run_batch(batch, usage);
     }
+}
+
+/// Adds jobs of the batch's model to `batch` until it is full or its first job has waited
+/// `max_batch_delay`; returns a job of another model that ended the gathering.
+fn gather(
+    receiver: &mpsc::Receiver<Job>,
+    batch: &mut Vec<Job>,
+    settings: BatchSettings,
+) -> Option<Job> {
+    // The delay counts from the first job's submission: when inference was busy, jobs that
+    // already waited go at once with whatever has queued behind them.
+    let deadline = batch[0].submitted + settings.max_batch_delay;
+    let max_batch_size = settings
+        .max_batch_size
+        .unwrap_or_else(|| batch[0].model.model.preferred_batch_size());
+    while batch.len() < max_batch_size {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        // Disconnected means shutdown: the batch gathered so far still runs.
+        let next = if wait.is_zero() {
+            receiver.try_recv().ok()
+        } else {
+            receiver.recv_timeout(wait).ok()
+        };
+        match next {
+            Some(job) if Arc::ptr_eq(&job.model, &batch[0].model) => batch.push(job),
+            other => return other,
+        }
+    }
+    None
 }
 
 fn run_batch(mut batch: Vec<Job>, usage: &Usage) {

@@ -1,0 +1,7 @@
+//! Integration tests of the `bestiary` command line, run as a child process.
+//!
+//! One test binary per crate: each links the whole inference and training stack (~130 MB),
+//! so separate files would multiply link time and disk use in CI.
+
+mod classify;
+mod cli;

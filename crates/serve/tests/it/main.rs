@@ -1,0 +1,11 @@
+//! Integration tests of the HTTP server: every route, error, auth, hot swap and shutdown.
+//!
+//! One test binary per crate: each links the whole inference and training stack (~130 MB),
+//! so separate files would multiply link time and disk use in CI.
+
+mod api;
+mod batcher;
+mod builtin;
+mod common;
+mod hot_swap;
+mod shutdown;

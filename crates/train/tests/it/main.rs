@@ -1,0 +1,11 @@
+//! Integration tests of training, evaluation, import and transfer learning.
+//!
+//! One test binary per crate: each links the whole inference and training stack (~130 MB),
+//! so separate files would multiply link time and disk use in CI.
+
+mod common;
+mod efficientnet;
+mod eval;
+mod import;
+mod train;
+mod transfer;
