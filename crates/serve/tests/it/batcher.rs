@@ -12,6 +12,12 @@ use bestiary_serve::batcher::{BatchSettings, Batcher};
 use bestiary_serve::usage::Usage;
 use bestiary_train::ArchitectureConfig;
 
+/// `version` of the test model, ready to submit to a batcher.
+async fn served(models: &Models, version: &str) -> Arc<ServedModel> {
+    let model = models.load_direct(version).await;
+    Arc::new(ServedModel::new(model, &DecodeLimits::default()))
+}
+
 #[test]
 fn batches_group_one_model_version_and_never_mix_two() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -24,9 +30,8 @@ fn batches_group_one_model_version_and_never_mix_two() {
             2,
         );
         let second = models.commit_parts(&other_size).await;
-        let limits = DecodeLimits::default();
-        let a = Arc::new(ServedModel::new(models.load_direct(&first).await, &limits));
-        let b = Arc::new(ServedModel::new(models.load_direct(&second).await, &limits));
+        let a = served(&models, &first).await;
+        let b = served(&models, &second).await;
         assert_ne!(a.model.input_len(), b.model.input_len());
 
         let usage = Arc::new(Usage::new(0.1));
@@ -131,9 +136,8 @@ fn an_image_held_over_a_version_switch_is_answered_while_the_queue_is_idle() {
         );
         let slow = models.commit_parts(&slow_parts).await;
         let fast = models.commit().await;
-        let limits = DecodeLimits::default();
-        let slow = Arc::new(ServedModel::new(models.load_direct(&slow).await, &limits));
-        let fast = Arc::new(ServedModel::new(models.load_direct(&fast).await, &limits));
+        let slow = served(&models, &slow).await;
+        let fast = served(&models, &fast).await;
         let batcher = Batcher::start(
             BatchSettings {
                 max_batch_size: Some(8),
