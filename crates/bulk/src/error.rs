@@ -33,6 +33,17 @@ impl BulkError {
     pub(crate) fn config(message: impl Into<String>) -> Self {
         Self::Config(message.into())
     }
+
+    /// Whether running the same job again cannot succeed: the configuration, the input or the
+    /// output is wrong, or access is denied (Kubernetes' podFailurePolicy fails such an index
+    /// instead of retrying it). Outages and endpoint failures are not permanent.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Config(_) | Self::Output { .. } | Self::Conflict { .. } => true,
+            Self::Storage(error) => error.is_permanent(),
+            Self::Engine(_) | Self::Endpoint { .. } | Self::Tagging { .. } => false,
+        }
+    }
 }
 
 /// Result type of the bulk crate.

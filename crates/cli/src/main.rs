@@ -4,16 +4,43 @@ mod allocator;
 mod args;
 mod commands;
 mod progress;
+mod sagemaker;
 
+use std::ffi::OsString;
+use std::path::Path;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use crate::args::{BenchCommand, Cli, Command, DatasetCommand, LogFormat};
+use crate::sagemaker::TrainingJob;
 
 fn main() -> ExitCode {
     allocator::tune_malloc();
-    let cli = Cli::parse();
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    // A SageMaker training job runs `IMAGE train`: its settings come from /opt/ml.
+    let job = TrainingJob::detect(&args, Path::new(sagemaker::OPT_ML));
+    if let Some(job) = &job {
+        let command = Cli::command();
+        let train = command.find_subcommand("train").expect("train exists");
+        match job.arguments(&args[0], train) {
+            Ok(job_args) => args = job_args,
+            Err(message) => {
+                job.report_failure(&message);
+                eprintln!("error: {message}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            if let Some(job) = &job {
+                job.report_failure(&error.render().to_string());
+            }
+            error.exit()
+        }
+    };
     init_logging(cli.global.log_format, cli.global.quiet);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -24,6 +51,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
+            if let Some(job) = &job {
+                job.report_failure(&format!("{error:#}"));
+            }
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
@@ -42,6 +72,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(args) => commands::eval::eval(global, args).await,
         Command::Export(args) => commands::export::export(global, args).await,
         Command::Import(args) => commands::import::import(global, args).await,
+        Command::Package(args) => commands::package::package(global, args).await,
         Command::Serve(args) => commands::serve::serve(global, *args).await,
         Command::Classify(args) => commands::classify::classify(global, *args).await,
         Command::Watch(args) => commands::watch::watch(global, *args).await,

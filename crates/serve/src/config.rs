@@ -48,6 +48,8 @@ pub struct ServeConfig {
     pub decode_limits: DecodeLimits,
     /// `top_k` when the request does not say.
     pub default_top_k: usize,
+    /// SageMaker batch-transform settings from the environment (none outside SageMaker).
+    pub sagemaker_batch: crate::routes::sagemaker::BatchEnvironment,
 }
 
 impl Default for ServeConfig {
@@ -76,6 +78,7 @@ impl Default for ServeConfig {
                 ..DecodeLimits::default()
             },
             default_top_k: 5,
+            sagemaker_batch: Default::default(),
         }
     }
 }

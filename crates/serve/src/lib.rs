@@ -20,6 +20,9 @@ pub use auth::collect_keys;
 pub use config::{DEFAULT_COST_PER_VCPU_HOUR, ServeConfig};
 pub use error::{ApiError, ErrorResponse};
 pub use model::{EngineSettings, ModelSource, ReloadOutcome, ServedModel, load_model};
-pub use routes::sagemaker::{SAGEMAKER_DEFAULT_PORT, detect_sagemaker, sagemaker_address};
+pub use routes::sagemaker::{
+    BatchEnvironment, SAGEMAKER_DEFAULT_PORT, SAGEMAKER_MODEL_DIR, detect_sagemaker,
+    model_in_artifact, sagemaker_address,
+};
 pub use server::{ServeError, Server};
 pub use usage::UsageReport;

@@ -105,6 +105,20 @@ impl StorageError {
     pub fn is_not_found(&self) -> bool {
         matches!(self.kind, StorageErrorKind::NotFound)
     }
+
+    /// Whether retrying the same request cannot help: a bad URL or key, a missing bucket,
+    /// denied credentials, an unsupported operation. Network failures and server errors
+    /// (`Other`) may pass; a missing object or a lost race is for the caller to judge.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self.kind,
+            StorageErrorKind::InvalidUrl
+                | StorageErrorKind::InvalidKey
+                | StorageErrorKind::BucketNotFound
+                | StorageErrorKind::PermissionDenied
+                | StorageErrorKind::NotSupported
+        )
+    }
 }
 
 impl fmt::Display for StorageError {

@@ -14,4 +14,7 @@ pub mod transfer;
 pub use arch::{ArchitectureConfig, Classifier};
 pub use config::{OptimizerKind, Schedule, TrainConfig};
 pub use eval::{EvalReport, EvalSplit, Predictions, evaluate};
-pub use trainer::{EpochMetrics, RunState, Silent, TrainError, TrainObserver, TrainOutcome, train};
+pub use trainer::{
+    EpochMetrics, PartialEpoch, Resume, RunOptions, RunState, Silent, TrainError, TrainObserver,
+    TrainOutcome, train, train_with,
+};

@@ -33,6 +33,9 @@ pub enum TrainError {
     Model(#[from] bestiary_model::ModelError),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// Stopped on request (SIGTERM, Ctrl-C) after saving a checkpoint mid-epoch.
+    #[error("interrupted; the run was saved in {checkpoint} and continues with --resume")]
+    Interrupted { checkpoint: String },
     #[error("{0}")]
     Invalid(String),
 }
@@ -64,6 +67,23 @@ pub struct RunState {
     pub best_epoch: Option<usize>,
     pub best_accuracy: Option<f64>,
     pub history: Vec<EpochMetrics>,
+    /// The epoch in progress when the run was interrupted, whose weights and optimizer state
+    /// are saved under its number; `None` when the checkpoint is at an epoch boundary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<PartialEpoch>,
+}
+
+/// How far an interrupted epoch got: its first `batches_done` batches are trained, and the sums
+/// its metrics are made of so far. The loader gives the same batches in the same order for a
+/// seed and epoch, so a resumed run skips those batches and goes on as if never stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartialEpoch {
+    pub epoch: usize,
+    pub batches_done: usize,
+    pub loss_sum: f64,
+    pub seen: usize,
+    pub right: usize,
+    pub seconds: f64,
 }
 
 impl RunState {
@@ -77,6 +97,7 @@ impl RunState {
             best_epoch: None,
             best_accuracy: None,
             history: Vec::new(),
+            partial: None,
         }
     }
 }
@@ -90,15 +111,42 @@ pub trait TrainObserver: Send {
     fn should_stop(&self) -> bool {
         false
     }
+    /// Checked after every batch: when true, the run saves a mid-epoch checkpoint and ends with
+    /// [`TrainError::Interrupted`] (SIGTERM from SageMaker's StopTrainingJob or a spot
+    /// reclaim, Ctrl-C).
+    fn interrupted(&self) -> bool {
+        false
+    }
 }
 
 /// An observer that ignores everything.
 pub struct Silent;
 impl TrainObserver for Silent {}
 
-/// Where a run keeps its checkpoints: `<out>/<name>/training/`.
+/// Where a run keeps its checkpoints by default: `<out>/<name>/training/`.
 fn run_folder(repository: &ModelRepository, name: &str) -> Result<Store> {
     Ok(repository.store().child(&format!("{name}/training"))?)
+}
+
+/// Whether a run continues from a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resume {
+    /// Start over, replacing any old checkpoint.
+    #[default]
+    No,
+    /// Continue from the checkpoint; its absence is an error (`--resume`).
+    Required,
+    /// Continue when a checkpoint exists, else start (a restarted SageMaker spot job).
+    IfPresent,
+}
+
+/// How a run is kept: whether it resumes, and where its checkpoints live.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub resume: Resume,
+    /// The checkpoint folder; default `<out>/<name>/training/` (SageMaker: /opt/ml/checkpoints,
+    /// which it syncs to S3, so the model artifact does not carry them).
+    pub checkpoints: Option<Store>,
 }
 
 /// The result of a finished run.
@@ -142,6 +190,23 @@ pub async fn train(
     name: &str,
     resume: bool,
     cache: Option<ImageCache>,
+    observer: Box<dyn TrainObserver>,
+) -> Result<TrainOutcome> {
+    let options = RunOptions {
+        resume: if resume { Resume::Required } else { Resume::No },
+        checkpoints: None,
+    };
+    train_with(config, dataset, repository, name, options, cache, observer).await
+}
+
+/// [`train`] with every choice of how the run is kept.
+pub async fn train_with(
+    config: TrainConfig,
+    dataset: &Dataset,
+    repository: &ModelRepository,
+    name: &str,
+    options: RunOptions,
+    cache: Option<ImageCache>,
     mut observer: Box<dyn TrainObserver>,
 ) -> Result<TrainOutcome> {
     if dataset.train.is_empty() {
@@ -150,7 +215,11 @@ pub async fn train(
             dataset.url
         )));
     }
-    let run = run_folder(repository, name)?;
+    let run = match options.checkpoints {
+        Some(store) => store,
+        None => run_folder(repository, name)?,
+    };
+    let resume = options.resume;
     if config.architecture == ArchitectureConfig::EfficientnetLite0 {
         let mut observer = observer;
         let options = repository.options().clone();
@@ -167,10 +236,15 @@ pub async fn train(
         .await;
     }
     let fresh_state = RunState::new(&config, dataset);
-    let previous = if resume {
-        read_state(&run).await?
-    } else {
-        None
+    let previous = match resume {
+        Resume::No => None,
+        Resume::IfPresent => read_state(&run).await?,
+        Resume::Required => Some(read_state(&run).await?.ok_or_else(|| {
+            TrainError::Checkpoint(format!(
+                "--resume: there is no checkpoint in {} to continue from",
+                run.url()
+            ))
+        })?),
     };
     if let Some(previous) = &previous {
         if previous.config != config {
@@ -375,6 +449,36 @@ async fn read_state(run: &Store) -> Result<Option<RunState>> {
     }
 }
 
+/// Saves a mid-epoch checkpoint: the epoch's weights and optimizer state first, then the state
+/// that names them, so a crash while saving leaves the previous checkpoint in force.
+fn save_partial(
+    run: &Store,
+    runtime: &tokio::runtime::Handle,
+    state: &RunState,
+    partial: PartialEpoch,
+    model: &Classifier,
+    optimizer: &ModuleOptimizer,
+) -> Result<()> {
+    let epoch = partial.epoch;
+    let mut state = state.clone();
+    state.partial = Some(partial);
+    let weights = weights_to_bytes(model)?;
+    let optimizer_bytes = optimizer
+        .into_bytes()
+        .map_err(|e| TrainError::Checkpoint(format!("cannot serialise optimizer state: {e}")))?;
+    runtime.block_on(async {
+        run.put(&weights_file(epoch), weights).await?;
+        run.put(&optimizer_file(epoch), optimizer_bytes.to_vec())
+            .await?;
+        run.put(
+            "state.json",
+            serde_json::to_vec_pretty(&state).expect("state serialises"),
+        )
+        .await?;
+        Ok(())
+    })
+}
+
 fn weights_file(epoch: usize) -> String {
     format!("epoch-{epoch:04}.safetensors")
 }
@@ -473,8 +577,12 @@ fn training_loop(
         .architecture
         .init_seeded(classes, &device, config.seed);
     let mut optimizer = new_optimizer(&config);
-    if state.epochs_done > 0 {
-        let last = state.epochs_done - 1;
+    // A mid-epoch checkpoint is saved under the number of the epoch in progress.
+    let checkpoint_epoch = match &state.partial {
+        Some(partial) => Some(partial.epoch),
+        None => state.epochs_done.checked_sub(1),
+    };
+    if let Some(last) = checkpoint_epoch {
         let weights = runtime.block_on(run.get(&weights_file(last)))?;
         model = weights_from_bytes(model, weights.to_vec())?;
         let optimizer_state = runtime.block_on(run.get(&optimizer_file(last)))?;
@@ -501,8 +609,19 @@ fn training_loop(
         observer.epoch_started(epoch, config.epochs, steps_per_epoch);
         let started = Instant::now();
         let (mut loss_sum, mut seen, mut right) = (0.0f64, 0usize, 0usize);
+        let (mut batches_done, mut seconds_before) = (0usize, 0.0f64);
+        if let Some(partial) = state.partial.take().filter(|p| p.epoch == epoch) {
+            (loss_sum, seen, right) = (partial.loss_sum, partial.seen, partial.right);
+            (batches_done, seconds_before) = (partial.batches_done, partial.seconds);
+        }
         let mut learning_rate = config.learning_rate;
-        for (step_in_epoch, batch) in train_loader.epoch(epoch as u64).enumerate() {
+        // The batches trained before an interruption come out again (same seed, same epoch)
+        // and are passed over.
+        for (step_in_epoch, batch) in train_loader
+            .epoch(epoch as u64)
+            .enumerate()
+            .skip(batches_done)
+        {
             learning_rate = config.learning_rate_at(
                 epoch * steps_per_epoch + step_in_epoch,
                 total_steps,
@@ -525,15 +644,29 @@ fn training_loop(
             observer.batch_finished(
                 loss_sum / seen as f64,
                 right as f64 / seen as f64,
-                seen as f64 / started.elapsed().as_secs_f64(),
+                seen as f64 / (seconds_before + started.elapsed().as_secs_f64()),
             );
+            if observer.interrupted() {
+                let partial = PartialEpoch {
+                    epoch,
+                    batches_done: step_in_epoch + 1,
+                    loss_sum,
+                    seen,
+                    right,
+                    seconds: seconds_before + started.elapsed().as_secs_f64(),
+                };
+                save_partial(run, runtime, &state, partial, &model, &optimizer)?;
+                return Err(TrainError::Interrupted {
+                    checkpoint: run.url().to_string(),
+                });
+            }
         }
         if seen == 0 {
             return Err(TrainError::Invalid(
                 "no training photo could be read (see the bad files)".into(),
             ));
         }
-        let train_seconds = started.elapsed().as_secs_f64();
+        let train_seconds = seconds_before + started.elapsed().as_secs_f64();
         let (validation_loss, validation_accuracy) =
             validate(&model, &validation_loader, &loss_function, &device, epoch);
         let metrics = EpochMetrics {
@@ -544,7 +677,7 @@ fn training_loop(
             validation_accuracy,
             learning_rate,
             images_per_second: seen as f64 / train_seconds,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: seconds_before + started.elapsed().as_secs_f64(),
         };
         // Without a validation set, the last epoch counts as the best.
         let score = validation_accuracy.unwrap_or(epoch as f64);

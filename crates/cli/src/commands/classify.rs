@@ -19,6 +19,10 @@ use crate::args::{BulkArgs, ClassifyArgs, GlobalArgs};
 pub const INTERRUPTED: u8 = 130;
 /// Exit status of `--merge` when a shard is missing or not finished.
 const INCOMPLETE: u8 = 2;
+/// Exit status when rerunning cannot help: bad configuration or input, a missing bucket,
+/// denied access (a Kubernetes Indexed Job's podFailurePolicy fails the index on it; clap's
+/// usage errors exit 2). Other failures (outages after retries) exit 1 and may be retried.
+pub const BAD_INPUT: u8 = 3;
 
 pub async fn classify(global: &GlobalArgs, args: ClassifyArgs) -> anyhow::Result<ExitCode> {
     if let Some(out) = &args.merge {
@@ -27,7 +31,13 @@ pub async fn classify(global: &GlobalArgs, args: ClassifyArgs) -> anyhow::Result
     let (Some(input), Some(out)) = (&args.input, &args.out) else {
         anyhow::bail!("classify needs the prefix to classify and --out (or --merge <out>)");
     };
-    let config = bulk_config(global, &args.bulk, input, out)?;
+    let config = match bulk_config(global, &args.bulk, input, out) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return Ok(ExitCode::from(BAD_INPUT));
+        }
+    };
     let hidden = global.quiet || args.json;
     let stop = stop_on_signals()?;
     let progress = Arc::new(Progress::default());
@@ -38,7 +48,14 @@ pub async fn classify(global: &GlobalArgs, args: ClassifyArgs) -> anyhow::Result
     };
     let result = bestiary_bulk::classify(&config, &options, progress, &stop).await;
     bar.finish().await;
-    let report = result?;
+    let report = match result {
+        Ok(report) => report,
+        Err(error) if error.is_permanent() => {
+            eprintln!("error: {error}");
+            return Ok(ExitCode::from(BAD_INPUT));
+        }
+        Err(error) => return Err(error.into()),
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

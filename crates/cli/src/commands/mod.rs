@@ -6,6 +6,7 @@ pub mod dataset;
 pub mod eval;
 pub mod export;
 pub mod import;
+pub mod package;
 pub mod serve;
 pub mod train;
 pub mod watch;

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bestiary_dataset::decode::DecodeLimits;
-use bestiary_serve::{EngineSettings, ServeConfig, Server, collect_keys, detect_sagemaker};
+use bestiary_serve::{
+    BatchEnvironment, EngineSettings, SAGEMAKER_MODEL_DIR, ServeConfig, Server, collect_keys,
+    detect_sagemaker, model_in_artifact,
+};
 
 use crate::args::{GlobalArgs, ServeArgs};
 
@@ -32,7 +35,7 @@ pub async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitC
     if args.api_key_file.is_some() && api_keys.is_empty() {
         anyhow::bail!("the API key file holds no key");
     }
-    let config = ServeConfig {
+    let mut config = ServeConfig {
         addr,
         max_batch_size: args.max_batch_size,
         max_batch_delay: Duration::from_millis(args.max_batch_delay_ms),
@@ -64,7 +67,21 @@ pub async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitC
             ..DecodeLimits::default()
         },
         default_top_k: args.top_k,
+        sagemaker_batch: BatchEnvironment::default(),
     };
+    // SageMaker hosting: the unpacked model artifact is the model unless --model names one,
+    // and batch transform's variables set what the server must accept.
+    let mut model_url = args.model.clone();
+    if sagemaker.is_some() {
+        let env = std::env::vars().collect();
+        BatchEnvironment::from_env(&env)
+            .map_err(anyhow::Error::msg)?
+            .apply(&mut config);
+        if model_url.is_none() {
+            model_url = model_in_artifact(std::path::Path::new(SAGEMAKER_MODEL_DIR))
+                .map_err(anyhow::Error::msg)?;
+        }
+    }
     let keys = config.api_keys.len();
     let engine = EngineSettings {
         kind: args.engine,
@@ -90,7 +107,7 @@ pub async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitC
             String::new()
         }
     );
-    let model = match server.load_model(args.model.as_deref()).await {
+    let model = match server.load_model(model_url.as_deref()).await {
         Ok(model) => model,
         Err(error) => {
             server.shutdown().await?;

@@ -1,23 +1,55 @@
 //! `bestiary train`: trains a classifier on a dataset URL and stores a new model version.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bestiary_dataset::ImageCache;
 use bestiary_model::ModelRepository;
+use bestiary_storage::Store;
 use bestiary_train::trainer::input_spec_for;
 use bestiary_train::{
-    ArchitectureConfig, EpochMetrics, OptimizerKind, Schedule, TrainConfig, TrainObserver,
-    train as run_training,
+    ArchitectureConfig, EpochMetrics, OptimizerKind, Resume, RunOptions, Schedule, TrainConfig,
+    TrainError, TrainObserver, train_with,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::args::{GlobalArgs, OptimizerArg, ScheduleArg, TrainArgs};
+use crate::args::{GlobalArgs, OptimizerArg, ResumeArg, ScheduleArg, TrainArgs};
 
-/// Draws one bar per epoch (loss, accuracy, images/s, ETA) and/or prints JSON lines.
+/// Exit status of a run stopped by SIGTERM after saving its checkpoint (128 + 15, as the
+/// signal's default action reports it).
+const EXIT_TERMINATED: u8 = 143;
+
+/// Draws one bar per epoch (loss, accuracy, images/s, ETA), prints JSON or metric lines, and
+/// tells the trainer when a stop was asked for.
 struct EpochProgress {
     bar: Option<ProgressBar>,
     hidden: bool,
     json: bool,
+    metric_lines: bool,
+    stop: Arc<AtomicBool>,
+}
+
+/// One epoch as the line SageMaker's `MetricDefinitions` regexes read (README, "Deploy"):
+/// `name=value` pairs, numbers in plain decimal, a missing validation left out.
+pub fn metric_line(metrics: &EpochMetrics) -> String {
+    let mut line = format!(
+        "epoch={} train_loss={:.6} train_accuracy={:.6}",
+        metrics.epoch + 1,
+        metrics.train_loss,
+        metrics.train_accuracy
+    );
+    if let Some(loss) = metrics.validation_loss {
+        line += &format!(" validation_loss={loss:.6}");
+    }
+    if let Some(accuracy) = metrics.validation_accuracy {
+        line += &format!(" validation_accuracy={accuracy:.6}");
+    }
+    line += &format!(
+        " learning_rate={:.8} images_per_second={:.2} seconds={:.3}",
+        metrics.learning_rate, metrics.images_per_second, metrics.seconds
+    );
+    line
 }
 
 impl TrainObserver for EpochProgress {
@@ -70,7 +102,39 @@ impl TrainObserver for EpochProgress {
                 serde_json::to_string(metrics).expect("metrics serialise")
             );
         }
+        if self.metric_lines {
+            println!("{}", metric_line(metrics));
+        }
     }
+
+    fn interrupted(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// Sets the returned flag on the first SIGTERM (SageMaker's StopTrainingJob, a spot reclaim,
+/// Kubernetes) or Ctrl-C, so the trainer checkpoints after the current batch; a second signal
+/// ends the process at once.
+fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        eprintln!("stopping: saving a checkpoint after the current batch (again to quit now)");
+        flag.store(true, Ordering::SeqCst);
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        std::process::exit(i32::from(EXIT_TERMINATED));
+    });
+    Ok(stop)
 }
 
 pub async fn train(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<ExitCode> {
@@ -126,22 +190,45 @@ pub async fn train(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<ExitC
             .clone()
             .unwrap_or_else(ImageCache::default_dir),
     )?;
+    let checkpoints = args
+        .checkpoint_dir
+        .as_deref()
+        .map(|url| Store::open(url, &global.store_options()))
+        .transpose()?;
+    let options = RunOptions {
+        resume: match args.resume {
+            ResumeArg::Never => Resume::No,
+            ResumeArg::Always => Resume::Required,
+            ResumeArg::Auto => Resume::IfPresent,
+        },
+        checkpoints,
+    };
     let observer = Box::new(EpochProgress {
         bar: None,
         hidden,
         json: args.json,
+        metric_lines: args.metric_lines,
+        stop: stop_on_signals()?,
     });
     let started = std::time::Instant::now();
-    let outcome = run_training(
+    let outcome = match train_with(
         config,
         &dataset,
         &repository,
         &args.name,
-        args.resume,
+        options,
         Some(cache),
         observer,
     )
-    .await?;
+    .await
+    {
+        Ok(outcome) => outcome,
+        Err(error @ TrainError::Interrupted { .. }) => {
+            eprintln!("{error}");
+            return Ok(ExitCode::from(EXIT_TERMINATED));
+        }
+        Err(error) => return Err(error.into()),
+    };
 
     let accuracy = outcome.metadata.metrics.get("validation_accuracy").copied();
     if args.json {

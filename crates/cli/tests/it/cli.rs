@@ -209,7 +209,8 @@ fn settings_come_from_the_environment_too() {
 fn help_lists_every_command() {
     let text = stdout(&bestiary(&["--help"], &[]));
     for command in [
-        "dataset", "train", "eval", "serve", "classify", "watch", "export", "import", "bench",
+        "dataset", "train", "eval", "serve", "classify", "watch", "export", "package", "import",
+        "bench",
     ] {
         assert!(
             text.contains(&format!("  {command} ")),
@@ -463,4 +464,69 @@ fn builtin_model_recognises_the_animals10_validation_photos() {
     assert_eq!(result["images"], 45, "{text}");
     // The shipped version scored 43 of 45 when it was trained (README).
     assert!(result["top1"].as_f64().unwrap() >= 0.93, "{text}");
+}
+
+#[test]
+fn classify_exits_3_when_rerunning_cannot_help() {
+    // Denied credentials: a Kubernetes podFailurePolicy fails the index instead of retrying.
+    let env = s3();
+    let mut child_env = env.child_env();
+    for (key, value) in child_env.iter_mut() {
+        if *key == "AWS_SECRET_ACCESS_KEY" {
+            *value = "wrong".into();
+        }
+    }
+    let out = tempfile::tempdir().unwrap();
+    let output = bestiary(
+        &[
+            "classify",
+            &env.url("photos"),
+            "--out",
+            out.path().to_str().unwrap(),
+            "--storage-retries",
+            "0",
+            "--quiet",
+        ],
+        &child_env,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("access denied"), "{stderr}");
+}
+
+#[test]
+fn package_writes_the_archive_sagemaker_unpacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("model.tar.gz");
+    let text = stdout(&bestiary(
+        &["package", "--model", "builtin", "--to", archive.to_str().unwrap()],
+        &[],
+    ));
+    assert!(text.contains("3 files"), "{text}");
+    let unpacked = dir.path().join("opt-ml-model");
+    let tar = Command::new("tar")
+        .args(["-xzf", archive.to_str().unwrap(), "-C"])
+        .arg({
+            std::fs::create_dir(&unpacked).unwrap();
+            &unpacked
+        })
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let pointer = std::fs::read_to_string(unpacked.join("animals/latest")).unwrap();
+    let version: serde_json::Value = serde_json::from_str(&pointer).unwrap();
+    let folder = unpacked.join("animals").join(version["version"].as_str().unwrap());
+    assert!(folder.join("model.json").is_file() && folder.join("model.onnx").is_file());
+    // The unpacked archive is a model root `eval` (like `serve`) reads as it is.
+    let output = bestiary(
+        &[
+            "package",
+            "--model",
+            unpacked.join("animals").to_str().unwrap(),
+            "--to",
+            dir.path().join("again.tar.gz").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(stdout(&output).contains("3 files"));
 }

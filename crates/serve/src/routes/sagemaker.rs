@@ -50,6 +50,162 @@ pub fn detect_sagemaker() -> Option<SocketAddr> {
     sagemaker_address(&env, Path::new("/opt/ml").is_dir())
 }
 
+/// Where SageMaker hosting unpacks the model artifact (`model.tar.gz`).
+pub const SAGEMAKER_MODEL_DIR: &str = "/opt/ml/model";
+
+/// The model URL to serve from an unpacked SageMaker model artifact, or `None` when `dir` does
+/// not exist. Accepted layouts (what `bestiary package` and a SageMaker training job write, and
+/// what a user may tar by hand):
+/// - a version folder: `dir/model.json` (+ `model.onnx`, …);
+/// - one model's folder: `dir/latest` and `dir/<version>/…`;
+/// - a model root holding one model: `dir/<name>/latest` (or a single `dir/<name>/<version>/`).
+///
+/// # Errors
+/// A message naming what was found when `dir` exists but holds no model, or several.
+pub fn model_in_artifact(dir: &Path) -> Result<Option<String>, String> {
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let shown = dir.display();
+    if dir.join("model.json").is_file() || dir.join("latest").is_file() {
+        return Ok(Some(dir.to_string_lossy().into_owned()));
+    }
+    let folders = |path: &Path| -> Vec<std::path::PathBuf> {
+        let mut found: Vec<_> = std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| path.is_dir())
+            .collect();
+        found.sort();
+        found
+    };
+    let models: Vec<_> = folders(dir)
+        .into_iter()
+        .filter(|model| {
+            model.join("latest").is_file()
+                || folders(model)
+                    .iter()
+                    .any(|version| version.join("model.json").is_file())
+        })
+        .collect();
+    match models.as_slice() {
+        [model] if model.join("latest").is_file() => Ok(Some(model.to_string_lossy().into_owned())),
+        [model] => {
+            let versions: Vec<_> = folders(model)
+                .into_iter()
+                .filter(|version| version.join("model.json").is_file())
+                .collect();
+            match versions.as_slice() {
+                [version] => Ok(Some(version.to_string_lossy().into_owned())),
+                _ => Err(format!(
+                    "{} has {} versions and no `latest` pointer; name one with --model",
+                    model.display(),
+                    versions.len()
+                )),
+            }
+        }
+        [] => Err(format!(
+            "{shown} holds no Bestiary model (model.json, latest, or <name>/latest); package one \
+             with `bestiary package`"
+        )),
+        several => Err(format!(
+            "{shown} holds {} models ({}); name one with --model",
+            several.len(),
+            several
+                .iter()
+                .filter_map(|m| m.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// The batch-transform settings SageMaker passes to a container as environment variables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchEnvironment {
+    /// `SAGEMAKER_BATCH=true`: the container runs a batch-transform job.
+    pub batch: bool,
+    /// `SAGEMAKER_MAX_PAYLOAD_IN_MB`: the largest request body SageMaker will send.
+    pub max_payload_mb: Option<usize>,
+    /// `SAGEMAKER_BATCH_STRATEGY`: `SINGLE_RECORD` or `MULTI_RECORD`.
+    pub batch_strategy: Option<String>,
+    /// `SAGEMAKER_MAX_CONCURRENT_TRANSFORMS`: requests SageMaker sends at once.
+    pub max_concurrent_transforms: Option<usize>,
+    /// `SAGEMAKER_MODEL_SERVER_TIMEOUT`: seconds one invocation may take.
+    pub model_server_timeout: Option<u64>,
+}
+
+impl BatchEnvironment {
+    /// Reads the variables; a malformed value is an error naming it (SageMaker sets them, so a
+    /// bad one is a configuration mistake to report, not to guess around).
+    pub fn from_env(env: &HashMap<String, String>) -> Result<Self, String> {
+        fn number<T: std::str::FromStr>(
+            env: &HashMap<String, String>,
+            name: &str,
+        ) -> Result<Option<T>, String> {
+            env.get(name)
+                .map(|value| {
+                    value.trim().parse().map_err(|_| {
+                        format!("{name} must be a whole positive number, got {value:?}")
+                    })
+                })
+                .transpose()
+        }
+        let batch_strategy = match env.get("SAGEMAKER_BATCH_STRATEGY") {
+            None => None,
+            Some(value) => match value.trim().to_ascii_uppercase().as_str() {
+                strategy @ ("SINGLE_RECORD" | "MULTI_RECORD") => Some(strategy.to_string()),
+                _ => {
+                    return Err(format!(
+                        "SAGEMAKER_BATCH_STRATEGY must be SINGLE_RECORD or MULTI_RECORD, got {value:?}"
+                    ));
+                }
+            },
+        };
+        let batch = env
+            .get("SAGEMAKER_BATCH")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        let settings = Self {
+            batch,
+            max_payload_mb: number(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB")?,
+            batch_strategy,
+            max_concurrent_transforms: number(env, "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS")?,
+            model_server_timeout: number(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT")?,
+        };
+        if settings.max_payload_mb == Some(0) || settings.max_concurrent_transforms == Some(0) {
+            return Err("SageMaker batch settings must be positive".into());
+        }
+        Ok(settings)
+    }
+
+    /// Makes `config` accept what SageMaker will send: bodies up to the payload limit, that many
+    /// concurrent requests, and (in batch transform, whose invocations may run for minutes) the
+    /// model-server timeout, 600 s by default as in `InvocationsTimeoutInSeconds`. Settings
+    /// already larger are kept.
+    pub fn apply(&self, config: &mut crate::ServeConfig) {
+        if let Some(mb) = self.max_payload_mb {
+            config.max_body_bytes = config.max_body_bytes.max(mb.saturating_mul(1024 * 1024));
+        }
+        if let Some(n) = self.max_concurrent_transforms {
+            config.max_concurrent_requests = config.max_concurrent_requests.max(n);
+            config.max_queue = config.max_queue.max(n);
+        }
+        let timeout = match (self.model_server_timeout, self.batch) {
+            (Some(seconds), _) => Some(seconds),
+            (None, true) => Some(600),
+            (None, false) => None,
+        };
+        if let Some(seconds) = timeout {
+            config.request_timeout = config
+                .request_timeout
+                .max(std::time::Duration::from_secs(seconds));
+        }
+        config.sagemaker_batch = self.clone();
+    }
+}
+
 /// SageMaker's answer for one image.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Invocation {
@@ -169,17 +325,27 @@ pub async fn invocations(
 )]
 pub async fn execution_parameters(State(state): State<AppState>) -> Json<ExecutionParameters> {
     let config = &state.config;
+    // What SageMaker already set for this job wins: the answer must agree with it.
+    let batch = &config.sagemaker_batch;
     Json(ExecutionParameters {
         // Enough requests to fill a batch (or, unbatched, to decode while another image runs),
         // no more than the server admits at once.
-        max_concurrent_transforms: config
-            .max_batch_size
-            .unwrap_or(4)
-            .min(config.max_concurrent_requests)
-            .max(1),
-        batch_strategy: "MULTI_RECORD".into(),
+        max_concurrent_transforms: batch.max_concurrent_transforms.unwrap_or_else(|| {
+            config
+                .max_batch_size
+                .unwrap_or(4)
+                .min(config.max_concurrent_requests)
+                .max(1)
+        }),
+        batch_strategy: batch
+            .batch_strategy
+            .clone()
+            .unwrap_or_else(|| "MULTI_RECORD".into()),
         // SageMaker accepts whole megabytes from 1 to 100.
-        max_payload_in_mb: (config.max_body_bytes / (1024 * 1024)).clamp(1, 100),
+        max_payload_in_mb: batch
+            .max_payload_mb
+            .unwrap_or(config.max_body_bytes / (1024 * 1024))
+            .clamp(1, 100),
     })
 }
 
@@ -192,6 +358,88 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn the_model_is_found_in_every_artifact_layout() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("model");
+        assert_eq!(
+            model_in_artifact(&dir),
+            Ok(None),
+            "absent: not SageMaker hosting"
+        );
+        std::fs::create_dir_all(&dir).unwrap();
+        let error = model_in_artifact(&dir).unwrap_err();
+        assert!(error.contains("holds no Bestiary model"), "{error}");
+
+        // <name>/<version> without a pointer: the one version.
+        let version = dir.join("animals/20260101-000000-abcd");
+        std::fs::create_dir_all(&version).unwrap();
+        std::fs::write(version.join("model.json"), "{}").unwrap();
+        let found = model_in_artifact(&dir).unwrap().unwrap();
+        assert_eq!(found, version.to_string_lossy());
+        // Two versions and no pointer: ambiguous.
+        let second = dir.join("animals/20260102-000000-abcd");
+        std::fs::create_dir_all(&second).unwrap();
+        std::fs::write(second.join("model.json"), "{}").unwrap();
+        assert!(model_in_artifact(&dir).unwrap_err().contains("2 versions"));
+        // <name>/latest: the model's folder, whose pointer picks the version.
+        std::fs::write(dir.join("animals/latest"), "{}").unwrap();
+        let found = model_in_artifact(&dir).unwrap().unwrap();
+        assert_eq!(found, dir.join("animals").to_string_lossy());
+        // Two models: name one.
+        std::fs::create_dir_all(dir.join("birds")).unwrap();
+        std::fs::write(dir.join("birds/latest"), "{}").unwrap();
+        let error = model_in_artifact(&dir).unwrap_err();
+        assert!(error.contains("2 models (animals, birds)"), "{error}");
+
+        // A version folder unpacked directly.
+        let flat = root.path().join("flat");
+        std::fs::create_dir_all(&flat).unwrap();
+        std::fs::write(flat.join("model.json"), "{}").unwrap();
+        assert_eq!(
+            model_in_artifact(&flat).unwrap().unwrap(),
+            flat.to_string_lossy()
+        );
+    }
+
+    #[test]
+    fn batch_transform_variables_widen_the_limits() {
+        let settings = BatchEnvironment::from_env(&env(&[
+            ("SAGEMAKER_BATCH", "true"),
+            ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "64"),
+            ("SAGEMAKER_BATCH_STRATEGY", "single_record"),
+            ("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", "1024"),
+        ]))
+        .unwrap();
+        assert_eq!(settings.batch_strategy.as_deref(), Some("SINGLE_RECORD"));
+        let mut config = crate::ServeConfig::default();
+        settings.apply(&mut config);
+        assert_eq!(config.max_body_bytes, 64 * 1024 * 1024);
+        assert_eq!(config.max_concurrent_requests, 1024);
+        assert!(config.max_queue >= 1024);
+        assert_eq!(config.request_timeout, std::time::Duration::from_secs(600));
+        assert_eq!(config.sagemaker_batch, settings);
+        // Larger settings of the server's own stay.
+        let small =
+            BatchEnvironment::from_env(&env(&[("SAGEMAKER_MAX_PAYLOAD_IN_MB", "1")])).unwrap();
+        let mut config = crate::ServeConfig::default();
+        small.apply(&mut config);
+        assert_eq!(config.max_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(config.request_timeout, std::time::Duration::from_secs(30));
+
+        for bad in [
+            ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "six"),
+            ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "0"),
+            ("SAGEMAKER_BATCH_STRATEGY", "ALL"),
+        ] {
+            let error = BatchEnvironment::from_env(&env(&[bad])).unwrap_err();
+            assert!(
+                error.contains("SAGEMAKER_") || error.contains("positive"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

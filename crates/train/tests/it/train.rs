@@ -9,7 +9,10 @@ use bestiary_dataset::{Dataset, DatasetOptions, ImageCache};
 use bestiary_model::ModelRepository;
 use bestiary_storage::StoreOptions;
 use bestiary_testkit::photos::write_class_folders;
-use bestiary_train::{ArchitectureConfig, EpochMetrics, Silent, TrainObserver, train};
+use bestiary_train::{
+    ArchitectureConfig, EpochMetrics, Resume, RunOptions, Silent, TrainError, TrainObserver, train,
+    train_with,
+};
 
 async fn dataset(dir: &std::path::Path) -> Dataset {
     write_class_folders(dir, &["amber", "blue", "green"], 20, (40, 40));
@@ -25,6 +28,19 @@ impl TrainObserver for StopAfter {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
     fn should_stop(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == 0
+    }
+}
+
+/// Asks the run to stop after a number of batches, as SIGTERM does.
+struct InterruptAfterBatches(AtomicUsize);
+impl TrainObserver for InterruptAfterBatches {
+    fn batch_finished(&mut self, _: f64, _: f64, _: f64) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+    fn interrupted(&self) -> bool {
         self.0.load(Ordering::SeqCst) == 0
     }
 }
@@ -237,6 +253,99 @@ fn exported_onnx_agrees_with_burn() {
             max_diff / scale < 1e-5,
             "{}: max abs diff {max_diff} between burn and ONNX logits of size up to {scale}",
             architecture.name()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_interrupted_mid_epoch_resumes_from_its_own_checkpoint_folder() {
+    let data = tempfile::tempdir().unwrap();
+    let dataset = dataset(data.path()).await;
+    let uninterrupted_out = tempfile::tempdir().unwrap();
+    let resumed_out = tempfile::tempdir().unwrap();
+    let checkpoints = tempfile::tempdir().unwrap();
+    let open = |dir: &tempfile::TempDir| {
+        ModelRepository::open(dir.path().to_str().unwrap(), &StoreOptions::default()).unwrap()
+    };
+    let checkpoint_store = || {
+        bestiary_storage::Store::open(
+            checkpoints.path().to_str().unwrap(),
+            &StoreOptions::default(),
+        )
+        .unwrap()
+    };
+    let options = |resume| RunOptions {
+        resume,
+        checkpoints: Some(checkpoint_store()),
+    };
+
+    // No checkpoint yet: --resume says so instead of silently starting over.
+    let error = train_with(
+        config(3),
+        &dataset,
+        &open(&resumed_out),
+        "m",
+        options(Resume::Required),
+        None,
+        Box::new(Silent),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("no checkpoint"), "{error}");
+
+    let whole = train(
+        config(3),
+        &dataset,
+        &open(&uninterrupted_out),
+        "m",
+        false,
+        None,
+        Box::new(Silent),
+    )
+    .await
+    .unwrap();
+    let batches_per_epoch = 6; // 48 training photos in batches of 8
+    let error = train_with(
+        config(3),
+        &dataset,
+        &open(&resumed_out),
+        "m",
+        options(Resume::No),
+        None,
+        Box::new(InterruptAfterBatches(AtomicUsize::new(batches_per_epoch + 2))),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(error, TrainError::Interrupted { .. }), "{error}");
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(checkpoints.path().join("state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["epochs_done"], 1);
+    assert_eq!(state["partial"]["epoch"], 1);
+    assert_eq!(state["partial"]["batches_done"], 2);
+    // Checkpoints live where they were sent, not beside the versions.
+    assert!(!resumed_out.path().join("m/training").exists());
+
+    let resumed = train_with(
+        config(3),
+        &dataset,
+        &open(&resumed_out),
+        "m",
+        options(Resume::IfPresent),
+        None,
+        Box::new(Silent),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resumed.state.epochs_done, 3);
+    assert_eq!(resumed.state.partial, None);
+    for (a, b) in whole.state.history.iter().zip(&resumed.state.history) {
+        assert!((a.train_loss - b.train_loss).abs() < 1e-3, "{a:?} vs {b:?}");
+        assert_eq!(a.train_accuracy, b.train_accuracy, "{a:?} vs {b:?}");
+        assert_eq!(
+            a.validation_accuracy, b.validation_accuracy,
+            "{a:?} vs {b:?}"
         );
     }
 }
