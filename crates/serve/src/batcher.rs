@@ -75,7 +75,9 @@ pub struct Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        drop(self.permit.take());
+        if let Some(permit) = self.permit.take() {
+            crate::metrics::images_in_flight_changed(-(permit.num_permits() as i64));
+        }
         report_queue_depth(&self.admission, self.max_queue);
     }
 }
@@ -126,6 +128,7 @@ impl Batcher {
                     self.max_queue
                 ))
             })?;
+        crate::metrics::images_in_flight_changed(i64::from(wanted));
         report_queue_depth(&self.admission, self.max_queue);
         Ok(Admission {
             permit: Some(permit),

@@ -1,7 +1,7 @@
 //! Prometheus metrics: the recorder, the names of every series, and process CPU and memory.
 
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use bestiary_engine::usage::process_cpu_time;
 use metrics::{counter, gauge, histogram};
@@ -14,6 +14,9 @@ pub const PREPROCESS_DURATION: &str = "bestiary_preprocess_duration_seconds";
 pub const INFERENCE_DURATION: &str = "bestiary_inference_duration_seconds";
 pub const BATCH_SIZE: &str = "bestiary_batch_size";
 pub const QUEUE_DEPTH: &str = "bestiary_queue_depth";
+/// The time integral of [`QUEUE_DEPTH`] (image-seconds), so that `rate()` over any window is the
+/// mean number of images in flight during it, whatever the scrape interval.
+pub const IN_FLIGHT_IMAGE_SECONDS: &str = "bestiary_in_flight_image_seconds_total";
 pub const IMAGES_CLASSIFIED: &str = "bestiary_images_classified_total";
 pub const IMAGES_REJECTED: &str = "bestiary_images_rejected_total";
 pub const MODEL_INFO: &str = "bestiary_model_info";
@@ -55,6 +58,9 @@ pub fn render() -> String {
         gauge!(PROCESS_CPU_SECONDS).set(stats.cpu.as_secs_f64());
         gauge!(PROCESS_RESIDENT_MEMORY).set(stats.resident_bytes as f64);
     }
+    // A gauge, as CPU seconds above: the figure is fractional. Brought up to now, so a scrape
+    // during a long request sees the time it has been in flight so far.
+    gauge!(IN_FLIGHT_IMAGE_SECONDS).set(in_flight().image_seconds(Instant::now()));
     handle.run_upkeep();
     handle.render()
 }
@@ -64,6 +70,66 @@ pub fn record_request(route: &str, status: u16, elapsed: Duration) {
     let route = route.to_string();
     counter!(REQUESTS, "route" => route.clone(), "status" => status.to_string()).increment(1);
     histogram!(REQUEST_DURATION, "route" => route).record(elapsed.as_secs_f64());
+}
+
+/// Images admitted in this process and their integral over time, for [`IN_FLIGHT_IMAGE_SECONDS`].
+/// One per process, as the recorder is: several batchers in one process add up.
+fn in_flight() -> &'static InFlightClock {
+    static CLOCK: OnceLock<InFlightClock> = OnceLock::new();
+    CLOCK.get_or_init(|| InFlightClock::new(Instant::now()))
+}
+
+/// Records that `images` images were admitted (positive) or finished (negative) just now.
+pub fn images_in_flight_changed(images: i64) {
+    in_flight().change(Instant::now(), images);
+}
+
+/// Integrates a count of images over time: image-seconds since it started.
+#[derive(Debug)]
+pub struct InFlightClock {
+    state: Mutex<InFlightState>,
+}
+
+#[derive(Debug)]
+struct InFlightState {
+    images: i64,
+    since: Instant,
+    image_seconds: f64,
+}
+
+impl InFlightState {
+    /// Adds the time from `since` to `now` at the current count.
+    fn advance(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.since);
+        self.image_seconds += self.images.max(0) as f64 * elapsed.as_secs_f64();
+        self.since = self.since.max(now);
+    }
+}
+
+impl InFlightClock {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            state: Mutex::new(InFlightState {
+                images: 0,
+                since: now,
+                image_seconds: 0.0,
+            }),
+        }
+    }
+
+    /// The count changes by `images` at `now`.
+    pub fn change(&self, now: Instant, images: i64) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.advance(now);
+        state.images += images;
+    }
+
+    /// Image-seconds accumulated until `now`; never decreases.
+    pub fn image_seconds(&self, now: Instant) -> f64 {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.advance(now);
+        state.image_seconds
+    }
 }
 
 /// What this process has used so far (Linux).
@@ -108,6 +174,27 @@ mod tests {
             Some(300 * 4096)
         );
         assert_eq!(ProcessStats::parse_statm("5000", 4096), None);
+    }
+
+    #[test]
+    fn in_flight_image_seconds_integrate_the_count() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let clock = InFlightClock::new(start);
+        clock.change(at(1_000), 2); // nothing in flight for the first second
+        let at_2s = clock.image_seconds(at(2_000)); // 2 images for 1 s
+        assert!((at_2s - 2.0).abs() < 1e-9, "{at_2s}");
+        clock.change(at(2_500), 1); // 2 images for 1.5 s: 3 image-seconds
+        assert!((clock.image_seconds(at(3_000)) - 4.5).abs() < 1e-9); // + 3 images for 0.5 s
+        clock.change(at(3_500), -3); // + 3 images for 0.5 s
+        assert!((clock.image_seconds(at(10_000)) - 6.0).abs() < 1e-9); // idle since
+        // A reading for an earlier instant (another thread's clock) never goes back.
+        assert!((clock.image_seconds(at(9_000)) - 6.0).abs() < 1e-9);
+        clock.change(at(10_000), 4);
+        // What rate() computes over the window from 2 s to 12 s: the mean images in flight,
+        // (0.5 s × 2 + 1 s × 3 + 2 s × 4) / 10 s.
+        let mean = (clock.image_seconds(at(12_000)) - at_2s) / 10.0;
+        assert!((mean - 1.2).abs() < 1e-9, "{mean}");
     }
 
     #[test]
