@@ -71,6 +71,12 @@ pub struct RunState {
     /// are saved under its number; `None` when the checkpoint is at an epoch boundary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial: Option<PartialEpoch>,
+    /// Ids of the network's parameters, in visiting order, when the checkpoint was written.
+    /// burn keys optimizer state by parameter id and draws fresh ids for every network it
+    /// builds, so a resumed network takes these ids back — else its optimizer state (Adam's
+    /// moments, SGD's momentum) would silently start from zero.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub param_ids: Vec<u64>,
 }
 
 /// How far an interrupted epoch got: its first `batches_done` batches are trained, and the sums
@@ -98,6 +104,7 @@ impl RunState {
             best_accuracy: None,
             history: Vec::new(),
             partial: None,
+            param_ids: Vec::new(),
         }
     }
 }
@@ -449,6 +456,42 @@ async fn read_state(run: &Store) -> Result<Option<RunState>> {
     }
 }
 
+/// The ids of `model`'s float parameters, in visiting order.
+fn param_ids(model: &Classifier) -> Vec<u64> {
+    struct Ids(Vec<u64>);
+    impl burn::module::ModuleVisitor for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            self.0.push(param.id.val());
+        }
+    }
+    let mut ids = Ids(Vec::new());
+    model.visit(&mut ids);
+    ids.0
+}
+
+/// `model` with its float parameters renamed to `ids` (in visiting order), values unchanged.
+fn with_param_ids(model: Classifier, ids: &[u64]) -> Result<Classifier> {
+    let found = param_ids(&model).len();
+    if found != ids.len() {
+        return Err(TrainError::Checkpoint(format!(
+            "the checkpoint names {} parameters, the network has {found}",
+            ids.len()
+        )));
+    }
+    struct Rename<'a>(std::slice::Iter<'a, u64>);
+    impl burn::module::ModuleMapper for Rename<'_> {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<Tensor<D>>,
+        ) -> burn::module::Param<Tensor<D>> {
+            let id = *self.0.next().expect("counted above");
+            let (_, value, mapper) = param.consume();
+            burn::module::Param::from_mapped_value(burn::module::ParamId::from(id), value, mapper)
+        }
+    }
+    Ok(model.map(&mut Rename(ids.iter())))
+}
+
 /// Saves a mid-epoch checkpoint: the epoch's weights and optimizer state first, then the state
 /// that names them, so a crash while saving leaves the previous checkpoint in force.
 fn save_partial(
@@ -462,6 +505,7 @@ fn save_partial(
     let epoch = partial.epoch;
     let mut state = state.clone();
     state.partial = Some(partial);
+    state.param_ids = param_ids(model);
     let weights = weights_to_bytes(model)?;
     let optimizer_bytes = optimizer
         .into_bytes()
@@ -585,6 +629,9 @@ fn training_loop(
     if let Some(last) = checkpoint_epoch {
         let weights = runtime.block_on(run.get(&weights_file(last)))?;
         model = weights_from_bytes(model, weights.to_vec())?;
+        if !state.param_ids.is_empty() {
+            model = with_param_ids(model, &state.param_ids)?;
+        }
         let optimizer_state = runtime.block_on(run.get(&optimizer_file(last)))?;
         optimizer = optimizer
             .from_bytes(burn::tensor::Bytes::from_bytes_vec(
@@ -692,6 +739,7 @@ fn training_loop(
         }
         state.epochs_done = epoch + 1;
         state.history.push(metrics.clone());
+        state.param_ids = param_ids(&model);
 
         // Files first, state last: the state only ever names complete files.
         let weights = weights_to_bytes(&model)?;

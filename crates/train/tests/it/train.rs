@@ -146,7 +146,7 @@ async fn an_interrupted_run_resumes_to_the_same_result() {
     assert_eq!(resumed.state.epochs_done, 4);
 
     for (a, b) in whole.state.history.iter().zip(&resumed.state.history) {
-        assert!((a.train_loss - b.train_loss).abs() < 1e-3, "{a:?} vs {b:?}");
+        assert!((a.train_loss - b.train_loss).abs() < 1e-6, "{a:?} vs {b:?}");
         assert_eq!(
             a.validation_accuracy, b.validation_accuracy,
             "{a:?} vs {b:?}"
@@ -341,8 +341,9 @@ async fn a_run_interrupted_mid_epoch_resumes_from_its_own_checkpoint_folder() {
     assert_eq!(resumed.state.epochs_done, 3);
     assert_eq!(resumed.state.partial, None);
     for (a, b) in whole.state.history.iter().zip(&resumed.state.history) {
-        assert!((a.train_loss - b.train_loss).abs() < 1e-3, "{a:?} vs {b:?}");
-        assert_eq!(a.train_accuracy, b.train_accuracy, "{a:?} vs {b:?}");
+        // The same computation on the same values: equal but for summation order.
+        assert!((a.train_loss - b.train_loss).abs() < 1e-6, "{a:?} vs {b:?}");
+        assert!((a.train_accuracy - b.train_accuracy).abs() < 1e-9, "{a:?} vs {b:?}");
         assert_eq!(
             a.validation_accuracy, b.validation_accuracy,
             "{a:?} vs {b:?}"
