@@ -48,7 +48,11 @@ impl TrainingJob {
     /// # Errors
     /// A message for SageMaker's failure reason: unreadable configuration, unknown
     /// hyperparameters, a missing training channel, an unsupported input mode.
-    pub fn arguments(&self, program: &OsString, train: &clap::Command) -> Result<Vec<OsString>, String> {
+    pub fn arguments(
+        &self,
+        program: &OsString,
+        train: &clap::Command,
+    ) -> Result<Vec<OsString>, String> {
         let config = self.root.join("input/config");
         let hyperparameters = read_json(&config.join("hyperparameters.json"))?;
         let channels = match config.join("inputdataconfig.json") {
@@ -92,11 +96,18 @@ impl TrainingJob {
         if let Some(validation) = channel("validation")? {
             push("validation", validation);
         }
-        push("out", self.root.join("model").to_string_lossy().into_owned());
+        push(
+            "out",
+            self.root.join("model").to_string_lossy().into_owned(),
+        );
         push("checkpoint-dir", checkpoints.to_string_lossy().into_owned());
         push("resume", "auto".into());
         args.push("--metric-lines".into());
-        args.extend(hyperparameter_arguments(&hyperparameters, train)?.into_iter().map(OsString::from));
+        args.extend(
+            hyperparameter_arguments(&hyperparameters, train)?
+                .into_iter()
+                .map(OsString::from),
+        );
         Ok(args)
     }
 
@@ -126,12 +137,16 @@ fn dataset_url(folder: &Path) -> String {
         .flatten()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     let is_listing = |p: &PathBuf| {
         p.is_file()
-            && p.extension()
-                .is_some_and(|e| matches!(e.to_string_lossy().as_ref(), "jsonl" | "manifest" | "csv"))
+            && p.extension().is_some_and(|e| {
+                matches!(e.to_string_lossy().as_ref(), "jsonl" | "manifest" | "csv")
+            })
     };
     match entries.as_slice() {
         [only] if is_listing(only) => only.to_string_lossy().into_owned(),
@@ -173,7 +188,11 @@ pub fn hyperparameter_arguments(
             match value.to_ascii_lowercase().as_str() {
                 "true" | "1" | "yes" => args.push(format!("--{flag}")),
                 "false" | "0" | "no" | "" => {}
-                _ => return Err(format!("hyperparameter {name} is on or off: true or false, got {value:?}")),
+                _ => {
+                    return Err(format!(
+                        "hyperparameter {name} is on or off: true or false, got {value:?}"
+                    ));
+                }
             }
         }
     }
@@ -258,7 +277,10 @@ mod tests {
             &train_command(),
         )
         .unwrap_err();
-        assert!(error.starts_with("unknown hyperparameter(s): epochz, learning_rate;"), "{error}");
+        assert!(
+            error.starts_with("unknown hyperparameter(s): epochz, learning_rate;"),
+            "{error}"
+        );
         assert!(error.contains("lr"), "{error}");
         let error =
             hyperparameter_arguments(&serde_json::json!({"out": "/elsewhere"}), &train_command())
@@ -295,7 +317,10 @@ mod tests {
         let training = root.path().join("input/data/training");
         std::fs::create_dir_all(training.join("cat")).unwrap();
         let args = job.arguments(&program, &train_command()).unwrap();
-        let text: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let text: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         let at = |s: &str| root.path().join(s).to_string_lossy().into_owned();
         assert_eq!(
             text,
@@ -328,7 +353,11 @@ mod tests {
             r#"{"training": {"TrainingInputMode": "Pipe"}}"#,
         )
         .unwrap();
-        assert!(job.arguments(&program, &train_command()).unwrap_err().contains("Pipe"));
+        assert!(
+            job.arguments(&program, &train_command())
+                .unwrap_err()
+                .contains("Pipe")
+        );
 
         job.report_failure("unknown hyperparameter(s): epochz");
         assert_eq!(

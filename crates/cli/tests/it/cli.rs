@@ -499,7 +499,13 @@ fn package_writes_the_archive_sagemaker_unpacks() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("model.tar.gz");
     let text = stdout(&bestiary(
-        &["package", "--model", "builtin", "--to", archive.to_str().unwrap()],
+        &[
+            "package",
+            "--model",
+            "builtin",
+            "--to",
+            archive.to_str().unwrap(),
+        ],
         &[],
     ));
     assert!(text.contains("3 files"), "{text}");
@@ -515,7 +521,9 @@ fn package_writes_the_archive_sagemaker_unpacks() {
     assert!(tar.success());
     let pointer = std::fs::read_to_string(unpacked.join("animals/latest")).unwrap();
     let version: serde_json::Value = serde_json::from_str(&pointer).unwrap();
-    let folder = unpacked.join("animals").join(version["version"].as_str().unwrap());
+    let folder = unpacked
+        .join("animals")
+        .join(version["version"].as_str().unwrap());
     assert!(folder.join("model.json").is_file() && folder.join("model.onnx").is_file());
     // The unpacked archive is a model root `eval` (like `serve`) reads as it is.
     let output = bestiary(

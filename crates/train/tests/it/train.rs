@@ -312,15 +312,16 @@ async fn a_run_interrupted_mid_epoch_resumes_from_its_own_checkpoint_folder() {
         "m",
         options(Resume::No),
         None,
-        Box::new(InterruptAfterBatches(AtomicUsize::new(batches_per_epoch + 2))),
+        Box::new(InterruptAfterBatches(AtomicUsize::new(
+            batches_per_epoch + 2,
+        ))),
     )
     .await
     .unwrap_err();
     assert!(matches!(error, TrainError::Interrupted { .. }), "{error}");
-    let state: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(checkpoints.path().join("state.json")).unwrap(),
-    )
-    .unwrap();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(checkpoints.path().join("state.json")).unwrap())
+            .unwrap();
     assert_eq!(state["epochs_done"], 1);
     assert_eq!(state["partial"]["epoch"], 1);
     assert_eq!(state["partial"]["batches_done"], 2);
@@ -343,7 +344,10 @@ async fn a_run_interrupted_mid_epoch_resumes_from_its_own_checkpoint_folder() {
     for (a, b) in whole.state.history.iter().zip(&resumed.state.history) {
         // The same computation on the same values: equal but for summation order.
         assert!((a.train_loss - b.train_loss).abs() < 1e-6, "{a:?} vs {b:?}");
-        assert!((a.train_accuracy - b.train_accuracy).abs() < 1e-9, "{a:?} vs {b:?}");
+        assert!(
+            (a.train_accuracy - b.train_accuracy).abs() < 1e-9,
+            "{a:?} vs {b:?}"
+        );
         assert_eq!(
             a.validation_accuracy, b.validation_accuracy,
             "{a:?} vs {b:?}"
