@@ -110,24 +110,3 @@ def builtin_server(tmp_path_factory):
     with serve(log=log) as base:
         yield base
 
-
-def docker_ready() -> bool:
-    """Whether a Docker engine answers."""
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-@pytest.fixture(scope="session")
-def image() -> str:
-    """The container image built from the tested binary (scripts/docker-image), once a session."""
-    require(docker_ready(), "no Docker engine answers")
-    tag = os.environ.get("BESTIARY_TEST_IMAGE", "bestiary:test")
-    env = dict(os.environ, IMAGE=tag, BESTIARY_BIN=str(bestiary_bin()))
-    built = subprocess.run(
-        [str(ROOT / "scripts" / "docker-image")], env=env, capture_output=True, text=True
-    )
-    if built.returncode != 0:
-        pytest.fail(f"scripts/docker-image failed:\n{built.stdout}\n{built.stderr}")
-    return tag

@@ -19,27 +19,23 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import ROOT, animal_photos, bestiary_bin, require
+from conftest import ROOT, animal_photos, bestiary_bin
+from containers import LABEL, bestiary_image, docker, run_container  # noqa: F401 (fixture)
 
 METRIC_DEFINITIONS = json.loads((ROOT / "deploy/sagemaker/metric-definitions.json").read_text())
 CLASSES = {"amber": (230, 140, 20), "azure": (30, 110, 230), "lime": (90, 220, 40)}
 
 
-def docker(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
 class Container:
-    """A detached container publishing 8080 on a free 127.0.0.1 port; removed on exit."""
+    """A container publishing 8080 on a free 127.0.0.1 port that knows when `docker run` began."""
 
     def __init__(self, image: str, *args: str, options: tuple[str, ...] = ()):
         self.started = time.monotonic()
-        self.id = docker("run", "-d", "-p", "127.0.0.1::8080", *options, image, *args).stdout.strip()
-        port = docker("port", self.id, "8080").stdout.split()[0].rsplit(":", 1)[1]
-        self.base = f"http://127.0.0.1:{port}"
+        self.container = run_container(
+            image, *args, name="sagemaker", options=["--publish", "127.0.0.1::8080", *options]
+        )
+        self.id = self.container.id
+        self.base = f"http://127.0.0.1:{self.container.port()}"
 
     def wait_ready(self, path: str = "/ping", timeout: float = 60) -> float:
         """Seconds from `docker run` until `path` answered 200."""
@@ -50,21 +46,19 @@ class Container:
                     return time.monotonic() - self.started
             except requests.RequestException:
                 pass
-            state = docker("inspect", "-f", "{{.State.Running}}", self.id).stdout.strip()
-            if state != "true":
+            if not self.container.state().get("Running"):
                 raise AssertionError(f"container exited:\n{self.logs()}")
             time.sleep(0.05)
         raise AssertionError(f"{self.base}{path} not ready in {timeout} s:\n{self.logs()}")
 
     def logs(self) -> str:
-        result = docker("logs", self.id, check=False)
-        return result.stdout + result.stderr
+        return self.container.logs()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        docker("rm", "-f", self.id, check=False)
+        self.container.remove()
 
 
 def jpeg(color: tuple[int, int, int], seed: int, size: int = 64) -> bytes:
@@ -115,10 +109,13 @@ TINY_JOB = {
 
 
 def train_job(image: str, root: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    return docker("run", "--rm", "-v", f"{root}:/opt/ml", image, "train", check=False, timeout=timeout)
+    return docker(
+        "run", "--rm", "--label", LABEL, "-v", f"{root}:/opt/ml", image, "train", check=False, timeout=timeout
+    )
 
 
-def test_the_image_declares_what_docker_and_sagemaker_expect(image):
+def test_the_image_declares_what_docker_and_sagemaker_expect(bestiary_image):
+    image = bestiary_image
     config = json.loads(docker("image", "inspect", image).stdout)[0]["Config"]
     assert config["Entrypoint"] == ["/usr/local/bin/bestiary"], "exec-form ENTRYPOINT"
     assert config["Cmd"] == ["serve"]
@@ -136,7 +133,8 @@ def test_the_image_declares_what_docker_and_sagemaker_expect(image):
     assert int(compressed.stdout) < 150e6
 
 
-def test_serve_in_a_container_answers_and_drains_on_sigterm(image):
+def test_serve_in_a_container_answers_and_drains_on_sigterm(bestiary_image):
+    image = bestiary_image
     photos = animal_photos(per_class=1)
     with Container(image, "serve", "--max-batch-delay-ms", "2") as server:
         ready = server.wait_ready("/v2/health/ready")
@@ -177,7 +175,8 @@ def test_serve_in_a_container_answers_and_drains_on_sigterm(image):
         assert set(statuses) <= {200, -1}, statuses
 
 
-def test_a_sagemaker_training_job_trains_checkpoints_and_its_artifact_is_served(image, tmp_path):
+def test_a_sagemaker_training_job_trains_checkpoints_and_its_artifact_is_served(bestiary_image, tmp_path):
+    image = bestiary_image
     root = opt_ml(tmp_path / "opt-ml", TINY_JOB)
     job = train_job(image, root)
     assert job.returncode == 0, job.stdout + job.stderr
@@ -235,7 +234,8 @@ def test_a_sagemaker_training_job_trains_checkpoints_and_its_artifact_is_served(
         assert big.status_code == 422, big.text
 
 
-def test_a_bad_hyperparameter_fails_the_job_with_its_reason(image, tmp_path):
+def test_a_bad_hyperparameter_fails_the_job_with_its_reason(bestiary_image, tmp_path):
+    image = bestiary_image
     root = opt_ml(tmp_path / "opt-ml", {**TINY_JOB, "epochz": "3"}, photos_per_class=2)
     job = train_job(image, root, timeout=120)
     assert job.returncode != 0
@@ -248,11 +248,12 @@ def test_a_bad_hyperparameter_fails_the_job_with_its_reason(image, tmp_path):
     assert "rmsprop" in (root / "output" / "failure").read_text()
 
 
-def test_a_stopped_spot_job_saves_a_checkpoint_and_the_restarted_job_resumes(image, tmp_path):
+def test_a_stopped_spot_job_saves_a_checkpoint_and_the_restarted_job_resumes(bestiary_image, tmp_path):
+    image = bestiary_image
     job = {**TINY_JOB, "epochs": "40", "image_size": "48"}
     root = opt_ml(tmp_path / "opt-ml", job, photos_per_class=20)
     name = f"bestiary-spot-{os.getpid()}"
-    docker("run", "-d", "--name", name, "-v", f"{root}:/opt/ml", image, "train")
+    docker("run", "-d", "--label", LABEL, "--name", name, "-v", f"{root}:/opt/ml", image, "train")
     try:
         deadline = time.monotonic() + 300
         while "epoch=2 " not in docker("logs", name, check=False).stdout:
@@ -279,7 +280,8 @@ def test_a_stopped_spot_job_saves_a_checkpoint_and_the_restarted_job_resumes(ima
     assert json.loads((root / "checkpoints" / "state.json").read_text())["epochs_done"] == 40
 
 
-def test_a_packaged_model_is_served_from_opt_ml_model(image, tmp_path):
+def test_a_packaged_model_is_served_from_opt_ml_model(bestiary_image, tmp_path):
+    image = bestiary_image
     archive = tmp_path / "model.tar.gz"
     subprocess.run(
         [str(bestiary_bin()), "package", "--model", "builtin", "--to", str(archive)],
