@@ -1,9 +1,14 @@
 //! The Open Inference Protocol v2 (KServe, Triton): health, server and model metadata, and
-//! `infer` with an FP32 tensor `[N, 3, H, W]` or BYTES-encoded photos.
+//! `infer` with an FP32 tensor `[N, 3, H, W]` or BYTES photos, in JSON or with the binary
+//! tensor data extension ([`codec`]) that `tritonclient` uses by default.
+
+pub mod codec;
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::header;
 use base64::Engine as _;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -11,7 +16,12 @@ use utoipa::ToSchema;
 use crate::classify::{Classification, classify_images, classify_tensor};
 use crate::error::{ApiError, ErrorResponse};
 use crate::input::{ImageInput, read_body};
+use crate::model::ServedModel;
 use crate::state::AppState;
+use codec::EncodedResponse;
+
+/// The `parameters` object of requests, inputs and outputs.
+pub type Parameters = serde_json::Map<String, Value>;
 
 /// Name of the FP32 tensor input, as listed in the model metadata.
 pub const TENSOR_INPUT: &str = "input";
@@ -21,6 +31,12 @@ pub const IMAGE_INPUT: &str = "image";
 pub const PROBABILITIES_OUTPUT: &str = "probabilities";
 /// Output: the most probable label of each image, `[N]`.
 pub const LABEL_OUTPUT: &str = "label";
+/// Requested-output parameter of the classification extension: the `k` most probable classes
+/// of each image as BYTES `"<probability>:<index>:<label>"`, `[N, k]`, instead of all
+/// probabilities.
+pub const CLASSIFICATION: &str = "classification";
+/// Protocol extensions this server implements, as `GET /v2` lists them.
+pub const EXTENSIONS: [&str; 2] = ["binary_tensor_data", "classification"];
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ServerMetadata {
@@ -51,6 +67,11 @@ pub struct TensorMetadata {
     pub name: String,
     pub datatype: String,
     pub shape: Vec<i64>,
+    /// For the FP32 input: how photos become that tensor (sizes, crop, mean and standard
+    /// deviation), so that clients can pre-process them as the server does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Value>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -63,12 +84,19 @@ pub struct ModelMetadataResponse {
 }
 
 /// An inference request: one input, either `input` (FP32 `[N, 3, H, W]`, already normalised as
-/// the model's metadata says) or `image` (BYTES `[N]`, each element a base64-encoded photo).
+/// the model's metadata says) or `image` (BYTES `[N]`, each element a photo: base64-encoded in
+/// JSON `data`, its own bytes in binary data).
+///
+/// With the binary tensor data extension, the `Inference-Header-Content-Length` header gives
+/// the length of this JSON at the start of the body, an input has
+/// `"parameters": {"binary_data_size": <bytes>}` instead of `data`, and the raw tensors follow
+/// the JSON in input order. `"parameters": {"binary_data_output": true}` (or `binary_data` on a
+/// requested output) returns outputs the same way.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct InferRequest {
     pub id: Option<String>,
     #[schema(value_type = Option<Object>)]
-    pub parameters: Option<Value>,
+    pub parameters: Option<Parameters>,
     pub inputs: Vec<InferInput>,
     pub outputs: Option<Vec<RequestedOutput>>,
 }
@@ -78,18 +106,25 @@ pub struct InferInput {
     pub name: String,
     pub shape: Vec<i64>,
     pub datatype: String,
+    /// `binary_data_size`: bytes of the binary data after the JSON holding this tensor.
     #[schema(value_type = Option<Object>)]
-    pub parameters: Option<Value>,
-    /// Row-major values, flat or nested.
-    #[schema(value_type = Object)]
-    pub data: Value,
+    pub parameters: Option<Parameters>,
+    /// Row-major values, flat or nested; absent when the tensor comes as binary data.
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Value>,
+    /// The tensor's share of the binary data after the JSON, as [`codec::decode_request`]
+    /// found it.
+    #[serde(skip)]
+    pub binary: Option<Bytes>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RequestedOutput {
     pub name: String,
+    /// `binary_data` (bool): return this output as binary data; `classification` (k) on
+    /// `probabilities`: the k most probable classes instead.
     #[schema(value_type = Option<Object>)]
-    pub parameters: Option<Value>,
+    pub parameters: Option<Parameters>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -106,10 +141,16 @@ pub struct InferOutput {
     pub name: String,
     pub shape: Vec<usize>,
     pub datatype: String,
+    /// `labels` of the probabilities' columns; `binary_data_size` when the output is binary.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    pub parameters: Option<Value>,
-    pub data: OutputData,
+    pub parameters: Option<Parameters>,
+    /// The values in JSON; absent when they follow the JSON as binary data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<OutputData>,
+    /// The values in the binary layout, sent after the JSON.
+    #[serde(skip)]
+    pub binary: Option<Vec<u8>>,
 }
 
 /// The values of an output, row-major.
@@ -128,7 +169,7 @@ pub async fn server_metadata() -> Json<ServerMetadata> {
     Json(ServerMetadata {
         name: "bestiary".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        extensions: Vec::new(),
+        extensions: EXTENSIONS.map(String::from).to_vec(),
     })
 }
 
@@ -203,8 +244,21 @@ fn metadata_of(
     version: Option<&str>,
 ) -> Result<Json<ModelMetadataResponse>, ApiError> {
     let model = state.model_named(name, version)?;
-    let side = i64::from(model.model.metadata.input.image_size);
+    let input = &model.model.metadata.input;
+    let side = i64::from(input.image_size);
     let classes = model.model.metadata.classes.len() as i64;
+    let preprocessing = serde_json::json!({
+        "layout": "NCHW",
+        "channels": "RGB",
+        "image_size": input.image_size,
+        "resize_shorter_side": model.preprocessor.resize_target(),
+        "crop_fraction": input.crop_fraction,
+        "mean": input.normalization.mean.map(shortest),
+        "std": input.normalization.std.map(shortest),
+        "transform": "shrink the shorter side to resize_shorter_side when larger, take the \
+            centre square of side shorter_side * image_size / round(image_size / crop_fraction), \
+            resize it bilinearly to image_size, then (pixel - mean) / std with pixels in 0..255",
+    });
     Ok(Json(ModelMetadataResponse {
         name: model.name().to_string(),
         versions: vec![model.version().to_string()],
@@ -214,11 +268,13 @@ fn metadata_of(
                 name: TENSOR_INPUT.into(),
                 datatype: "FP32".into(),
                 shape: vec![-1, 3, side, side],
+                parameters: Some(preprocessing),
             },
             TensorMetadata {
                 name: IMAGE_INPUT.into(),
                 datatype: "BYTES".into(),
                 shape: vec![-1],
+                parameters: None,
             },
         ],
         outputs: vec![
@@ -226,17 +282,25 @@ fn metadata_of(
                 name: PROBABILITIES_OUTPUT.into(),
                 datatype: "FP32".into(),
                 shape: vec![-1, classes],
+                parameters: None,
             },
             TensorMetadata {
                 name: LABEL_OUTPUT.into(),
                 datatype: "BYTES".into(),
                 shape: vec![-1],
+                parameters: None,
             },
         ],
     }))
 }
 
-/// Inference on an FP32 tensor or BYTES-encoded photos.
+/// An `f32` as the `f64` with the same shortest decimal form (`123.675`, not the
+/// `123.67500305…` that widening gives).
+fn shortest(value: f32) -> f64 {
+    value.to_string().parse().unwrap_or(f64::from(value))
+}
+
+/// Inference on an FP32 tensor or BYTES photos, in JSON or binary.
 #[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "open-inference-protocol",
     params(("name" = String, Path)),
     request_body = InferRequest,
@@ -248,7 +312,7 @@ pub async fn infer(
     State(state): State<AppState>,
     Path(name): Path<String>,
     request: axum::extract::Request,
-) -> Result<Json<InferResponse>, ApiError> {
+) -> Result<EncodedResponse, ApiError> {
     infer_with(state, &name, None, request).await
 }
 
@@ -263,7 +327,7 @@ pub async fn infer_version(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
     request: axum::extract::Request,
-) -> Result<Json<InferResponse>, ApiError> {
+) -> Result<EncodedResponse, ApiError> {
     infer_with(state, &name, Some(&version), request).await
 }
 
@@ -272,75 +336,86 @@ async fn infer_with(
     name: &str,
     version: Option<&str>,
     request: axum::extract::Request,
-) -> Result<Json<InferResponse>, ApiError> {
+) -> Result<EncodedResponse, ApiError> {
     let model = state.model_named(name, version)?;
-    let media_type = crate::input::media_type(request.headers());
+    let headers = request.headers();
+    let media_type = crate::input::media_type(headers);
     if media_type
         .as_deref()
-        .is_some_and(|t| t != "application/json")
+        .is_some_and(|t| t != "application/json" && t != "application/octet-stream")
     {
         return Err(ApiError::UnsupportedMediaType(format!(
-            "infer takes an application/json body, not {}",
+            "infer takes an application/json body (application/octet-stream with binary \
+             tensors), not {}",
             media_type.unwrap_or_default()
         )));
     }
+    if let Some(encoding) = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|e| e != "identity")
+    {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Encoding {encoding} is not supported: send the body uncompressed"
+        )));
+    }
+    let header_length = headers
+        .get(codec::HEADER_LENGTH)
+        .map(|v| {
+            v.to_str().map(str::to_owned).map_err(|_| {
+                ApiError::BadRequest("Inference-Header-Content-Length must be a number".into())
+            })
+        })
+        .transpose()?;
     let body = read_body(request.into_body(), state.config.max_body_bytes).await?;
-    let request: InferRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid inference request: {e}")))?;
+    let request = codec::decode_request(body, header_length.as_deref())?;
     let [input] = request.inputs.as_slice() else {
         return Err(ApiError::BadRequest(format!(
             "expected exactly one input ({TENSOR_INPUT:?} FP32 or {IMAGE_INPUT:?} BYTES), got {}",
             request.inputs.len()
         )));
     };
-    let wanted = requested_outputs(request.outputs.as_deref())?;
+    let wanted = requested_outputs(&request, &model)?;
     let classification = match input.datatype.as_str() {
         "FP32" => {
             let side = model.model.metadata.input.image_size as i64;
             let batch = match input.shape.as_slice() {
-                [n, 3, h, w] if *n >= 1 && *h == side && *w == side => *n as usize,
+                [n, 3, h, w] if *n >= 1 && *h == side && *w == side => *n,
                 shape => {
                     return Err(ApiError::BadRequest(format!(
                         "input shape {shape:?} does not fit this model: expected [N, 3, {side}, {side}]"
                     )));
                 }
             };
-            let mut values = Vec::with_capacity(batch * model.model.input_len());
-            flatten_numbers(&input.data, &mut values)?;
+            let batch = check_batch(&state, input, usize::try_from(batch).unwrap_or(usize::MAX))?;
+            // At most `max_queue` images of the model's size: cannot overflow, but checked.
+            let values = batch.checked_mul(model.model.input_len()).ok_or_else(|| {
+                ApiError::PayloadTooLarge(format!("input shape {:?} is too large", input.shape))
+            })?;
+            let values = codec::fp32_values(input, values)?;
             classify_tensor(&state, model, values, batch, 1).await?
         }
         "BYTES" => {
-            let mut encoded = Vec::new();
-            flatten_strings(&input.data, &mut encoded)?;
-            let expected: i64 = input.shape.iter().product();
-            if expected != encoded.len() as i64 {
-                return Err(ApiError::BadRequest(format!(
-                    "input shape {:?} says {expected} elements, data holds {}",
-                    input.shape,
-                    encoded.len()
-                )));
+            let count = codec::element_count(&input.shape)?;
+            if count == 0 {
+                return Err(ApiError::BadRequest("the input holds no image".into()));
             }
-            let images = encoded
+            let count = check_batch(&state, input, count)?;
+            let binary = input.binary.is_some();
+            let images = codec::bytes_elements(input, count)?
                 .into_iter()
                 .enumerate()
-                .map(|(i, text)| {
-                    let bytes = base64::engine::general_purpose::STANDARD
-                        .decode(text.trim())
-                        .map_err(|e| {
-                            ApiError::BadRequest(format!(
-                                "element {i} of {:?} is not base64 (BYTES elements are base64-encoded photos): {e}",
-                                input.name
-                            ))
-                        })?;
+                .map(|(i, element)| {
                     Ok(ImageInput {
                         name: format!("#{i}"),
-                        bytes: bytes.into(),
+                        bytes: photo_bytes(element, binary, i, &input.name)?,
                     })
                 })
                 .collect::<Result<Vec<_>, ApiError>>()?;
-            if images.is_empty() {
-                return Err(ApiError::BadRequest("the input holds no image".into()));
-            }
             classify_images(&state, images, 1).await?
         }
         other => {
@@ -350,24 +425,81 @@ async fn infer_with(
         }
     };
     state.usage.record_request();
-    Ok(Json(InferResponse {
+    codec::encode_response(&InferResponse {
         model_name: classification.model.name().to_string(),
         model_version: classification.model.version().to_string(),
         id: request.id,
         outputs: outputs(&classification, &wanted),
-    }))
+    })
+}
+
+/// Refuses more images in one request than the server admits at once (`--max-queue`): such a
+/// request could never run, and its tensor must not be allocated.
+fn check_batch(state: &AppState, input: &InferInput, images: usize) -> Result<usize, ApiError> {
+    let limit = state.config.max_queue;
+    if images > limit {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "input {:?} (shape {:?}) declares {images} images; this server takes at most {limit} \
+             in one request",
+            input.name, input.shape
+        )));
+    }
+    Ok(images)
+}
+
+/// The photo in a BYTES element: JSON strings are base64; binary elements are the photo's own
+/// bytes, or its base64 text (no photo consists of base64 characters only), so the same array
+/// of base64 strings works in both forms.
+fn photo_bytes(element: Bytes, binary: bool, index: usize, input: &str) -> Result<Bytes, ApiError> {
+    let text = element.trim_ascii();
+    let decoded = || base64::engine::general_purpose::STANDARD.decode(text);
+    if binary {
+        let is_base64 = !text.is_empty()
+            && text
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(b));
+        // Anything else is taken as the photo, and the decoder has the last word on it.
+        return Ok(match is_base64.then(decoded) {
+            Some(Ok(photo)) => photo.into(),
+            _ => element,
+        });
+    }
+    decoded().map(Bytes::from).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "element {index} of {input:?} is not base64 (BYTES elements in JSON are \
+             base64-encoded photos): {e}"
+        ))
+    })
+}
+
+/// One output the client asked for, and how.
+#[derive(Debug, Clone, Copy)]
+struct Wanted {
+    name: &'static str,
+    binary: bool,
+    /// The classification extension's `k`, already at most the number of classes.
+    classification: Option<usize>,
 }
 
 /// The outputs the client asked for (both when it did not say).
-fn requested_outputs(requested: Option<&[RequestedOutput]>) -> Result<Vec<&'static str>, ApiError> {
+fn requested_outputs(request: &InferRequest, model: &ServedModel) -> Result<Vec<Wanted>, ApiError> {
     let all = [PROBABILITIES_OUTPUT, LABEL_OUTPUT];
-    let Some(requested) = requested.filter(|r| !r.is_empty()) else {
-        return Ok(all.to_vec());
+    let parameters = request.parameters.as_ref();
+    let Some(requested) = request.outputs.as_deref().filter(|r| !r.is_empty()) else {
+        let binary = codec::wants_binary(parameters, None)?;
+        return Ok(all
+            .map(|name| Wanted {
+                name,
+                binary,
+                classification: None,
+            })
+            .to_vec());
     };
     requested
         .iter()
         .map(|output| {
-            all.iter()
+            let name = all
+                .iter()
                 .find(|name| **name == output.name)
                 .copied()
                 .ok_or_else(|| {
@@ -375,69 +507,116 @@ fn requested_outputs(requested: Option<&[RequestedOutput]>) -> Result<Vec<&'stat
                         "unknown output {:?} (outputs: {PROBABILITIES_OUTPUT}, {LABEL_OUTPUT})",
                         output.name
                     ))
-                })
+                })?;
+            let classification = match output
+                .parameters
+                .as_ref()
+                .and_then(|p| p.get(CLASSIFICATION))
+            {
+                None => None,
+                Some(_) if name != PROBABILITIES_OUTPUT => {
+                    return Err(ApiError::BadRequest(format!(
+                        "classification applies to the {PROBABILITIES_OUTPUT} output, not {name}"
+                    )));
+                }
+                Some(k) => match k.as_u64().filter(|k| *k >= 1) {
+                    Some(k) => Some(
+                        usize::try_from(k)
+                            .unwrap_or(usize::MAX)
+                            .min(model.model.metadata.classes.len()),
+                    ),
+                    None => {
+                        return Err(ApiError::BadRequest(format!(
+                            "classification must be a positive number of classes, not {k}"
+                        )));
+                    }
+                },
+            };
+            Ok(Wanted {
+                name,
+                binary: codec::wants_binary(parameters, output.parameters.as_ref())?,
+                classification,
+            })
         })
         .collect()
 }
 
-fn outputs(classification: &Classification, wanted: &[&str]) -> Vec<InferOutput> {
+/// The outputs, the same in JSON and in binary: `probabilities` `[N, classes]` with the
+/// classes as its `labels` parameter (or, with `classification: k`, BYTES `[N, k]` of
+/// `"<probability>:<index>:<label>"`, most probable first), and `label` BYTES `[N]`.
+fn outputs(classification: &Classification, wanted: &[Wanted]) -> Vec<InferOutput> {
     let classes = &classification.model.model.metadata.classes;
     let batch = classification.images.len();
+    let probabilities = || {
+        classification
+            .images
+            .iter()
+            .map(|image| image.classified.prediction.probabilities.as_slice())
+    };
     wanted
         .iter()
-        .map(|name| match *name {
-            PROBABILITIES_OUTPUT => InferOutput {
-                name: PROBABILITIES_OUTPUT.into(),
-                shape: vec![batch, classes.len()],
-                datatype: "FP32".into(),
-                parameters: Some(serde_json::json!({ "labels": classes })),
-                data: OutputData::Fp32(
-                    classification
-                        .images
-                        .iter()
-                        .flat_map(|image| image.classified.prediction.probabilities.iter().copied())
-                        .collect(),
-                ),
-            },
-            _ => InferOutput {
-                name: LABEL_OUTPUT.into(),
-                shape: vec![batch],
-                datatype: "BYTES".into(),
-                parameters: None,
-                data: OutputData::Bytes(
-                    classification
-                        .images
-                        .iter()
-                        .map(|image| image.classified.prediction.label.clone())
-                        .collect(),
-                ),
-            },
+        .map(|wanted| {
+            let output = match (wanted.name, wanted.classification) {
+                (PROBABILITIES_OUTPUT, Some(k)) => InferOutput {
+                    name: PROBABILITIES_OUTPUT.into(),
+                    shape: vec![batch, k],
+                    datatype: "BYTES".into(),
+                    parameters: None,
+                    data: Some(OutputData::Bytes(
+                        probabilities()
+                            .flat_map(|row| top_classes(row, classes, k))
+                            .collect(),
+                    )),
+                    binary: None,
+                },
+                (PROBABILITIES_OUTPUT, None) => InferOutput {
+                    name: PROBABILITIES_OUTPUT.into(),
+                    shape: vec![batch, classes.len()],
+                    datatype: "FP32".into(),
+                    parameters: Some(Parameters::from_iter([(
+                        "labels".to_string(),
+                        serde_json::json!(classes),
+                    )])),
+                    data: Some(OutputData::Fp32(
+                        probabilities().flatten().copied().collect(),
+                    )),
+                    binary: None,
+                },
+                _ => InferOutput {
+                    name: LABEL_OUTPUT.into(),
+                    shape: vec![batch],
+                    datatype: "BYTES".into(),
+                    parameters: None,
+                    data: Some(OutputData::Bytes(
+                        classification
+                            .images
+                            .iter()
+                            .map(|image| image.classified.prediction.label.clone())
+                            .collect(),
+                    )),
+                    binary: None,
+                },
+            };
+            if wanted.binary {
+                output.into_binary()
+            } else {
+                output
+            }
         })
         .collect()
 }
 
-fn flatten_numbers(value: &Value, out: &mut Vec<f32>) -> Result<(), ApiError> {
-    match value {
-        Value::Array(items) => items.iter().try_for_each(|item| flatten_numbers(item, out)),
-        Value::Number(number) => {
-            out.push(number.as_f64().unwrap_or(f64::NAN) as f32);
-            Ok(())
-        }
-        other => Err(ApiError::BadRequest(format!(
-            "FP32 data must hold numbers, found {other}"
-        ))),
-    }
-}
-
-fn flatten_strings(value: &Value, out: &mut Vec<String>) -> Result<(), ApiError> {
-    match value {
-        Value::Array(items) => items.iter().try_for_each(|item| flatten_strings(item, out)),
-        Value::String(text) => {
-            out.push(text.clone());
-            Ok(())
-        }
-        _ => Err(ApiError::BadRequest(
-            "BYTES data must hold base64 strings".into(),
-        )),
-    }
+/// The `k` most probable classes of one image as `"<probability>:<index>:<label>"`.
+fn top_classes(probabilities: &[f32], classes: &[String], k: usize) -> Vec<String> {
+    let mut order: Vec<usize> = (0..probabilities.len().min(classes.len())).collect();
+    order.sort_by(|&a, &b| {
+        probabilities[b]
+            .total_cmp(&probabilities[a])
+            .then(a.cmp(&b))
+    });
+    order
+        .into_iter()
+        .take(k)
+        .map(|i| format!("{}:{i}:{}", probabilities[i], classes[i]))
+        .collect()
 }

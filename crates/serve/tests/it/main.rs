@@ -8,4 +8,5 @@ mod batcher;
 mod builtin;
 mod common;
 mod hot_swap;
+mod oip;
 mod shutdown;
