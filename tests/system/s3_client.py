@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
-import signal
 import subprocess
 import time
 import urllib.parse
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+
+from conftest import stop_process
 
 REGION = "us-east-1"
 
@@ -155,13 +156,7 @@ class SeaweedFs:
         return found
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import requests
 
-from conftest import ANIMALS10, free_port, require, serve
+from conftest import ANIMALS10, free_port, require, serve, stop_process
 from test_kubernetes import one
 
 SERVERS = 2
@@ -98,12 +98,7 @@ scrape_configs:
             time.sleep(0.2)
         yield base
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=15)
         log.close()
 
 

@@ -15,7 +15,6 @@ import tarfile
 import time
 from pathlib import Path
 
-import pytest
 import requests
 from PIL import Image
 

@@ -12,7 +12,6 @@ built-in model gets nearly all of them right).
 from __future__ import annotations
 
 import base64
-import io
 import json
 import math
 import time

@@ -24,6 +24,17 @@ fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
 }
 
+/// The server's variables with a secret key it rejects.
+fn with_wrong_secret(env: &bestiary_testkit::S3Env) -> Vec<(&'static str, String)> {
+    let mut child_env = env.child_env();
+    for (key, value) in child_env.iter_mut() {
+        if *key == "AWS_SECRET_ACCESS_KEY" {
+            *value = "wrong".into();
+        }
+    }
+    child_env
+}
+
 fn broken_dataset() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     write_class_folders(dir.path(), &["cat", "dog"], 6, (40, 30));
@@ -142,12 +153,7 @@ fn inspect_reads_s3_like_a_local_folder() {
 #[test]
 fn wrong_s3_credentials_fail_with_a_clear_message() {
     let env = s3();
-    let mut child_env = env.child_env();
-    for (key, value) in child_env.iter_mut() {
-        if *key == "AWS_SECRET_ACCESS_KEY" {
-            *value = "wrong".into();
-        }
-    }
+    let child_env = with_wrong_secret(&env);
     let output = bestiary(
         &[
             "dataset",
@@ -470,12 +476,7 @@ fn builtin_model_recognises_the_animals10_validation_photos() {
 fn classify_exits_3_when_rerunning_cannot_help() {
     // Denied credentials: a Kubernetes podFailurePolicy fails the index instead of retrying.
     let env = s3();
-    let mut child_env = env.child_env();
-    for (key, value) in child_env.iter_mut() {
-        if *key == "AWS_SECRET_ACCESS_KEY" {
-            *value = "wrong".into();
-        }
-    }
+    let child_env = with_wrong_secret(&env);
     let out = tempfile::tempdir().unwrap();
     let output = bestiary(
         &[

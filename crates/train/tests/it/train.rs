@@ -274,23 +274,29 @@ async fn a_run_interrupted_mid_epoch_resumes_from_its_own_checkpoint_folder() {
         )
         .unwrap()
     };
-    let options = |resume| RunOptions {
-        resume,
-        checkpoints: Some(checkpoint_store()),
+    let run = |resume, observer: Box<dyn TrainObserver>| {
+        let repository = open(&resumed_out);
+        let dataset = &dataset;
+        let options = RunOptions {
+            resume,
+            checkpoints: Some(checkpoint_store()),
+        };
+        async move {
+            train_with(
+                config(3),
+                dataset,
+                &repository,
+                "m",
+                options,
+                None,
+                observer,
+            )
+            .await
+        }
     };
 
     // No checkpoint yet: --resume says so instead of silently starting over.
-    let error = train_with(
-        config(3),
-        &dataset,
-        &open(&resumed_out),
-        "m",
-        options(Resume::Required),
-        None,
-        Box::new(Silent),
-    )
-    .await
-    .unwrap_err();
+    let error = run(Resume::Required, Box::new(Silent)).await.unwrap_err();
     assert!(error.to_string().contains("no checkpoint"), "{error}");
 
     let whole = train(
@@ -305,19 +311,8 @@ async fn a_run_interrupted_mid_epoch_resumes_from_its_own_checkpoint_folder() {
     .await
     .unwrap();
     let batches_per_epoch = 6; // 48 training photos in batches of 8
-    let error = train_with(
-        config(3),
-        &dataset,
-        &open(&resumed_out),
-        "m",
-        options(Resume::No),
-        None,
-        Box::new(InterruptAfterBatches(AtomicUsize::new(
-            batches_per_epoch + 2,
-        ))),
-    )
-    .await
-    .unwrap_err();
+    let interrupt = InterruptAfterBatches(AtomicUsize::new(batches_per_epoch + 2));
+    let error = run(Resume::No, Box::new(interrupt)).await.unwrap_err();
     assert!(matches!(error, TrainError::Interrupted { .. }), "{error}");
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(checkpoints.path().join("state.json")).unwrap())
@@ -328,17 +323,7 @@ async fn a_run_interrupted_mid_epoch_resumes_from_its_own_checkpoint_folder() {
     // Checkpoints live where they were sent, not beside the versions.
     assert!(!resumed_out.path().join("m/training").exists());
 
-    let resumed = train_with(
-        config(3),
-        &dataset,
-        &open(&resumed_out),
-        "m",
-        options(Resume::IfPresent),
-        None,
-        Box::new(Silent),
-    )
-    .await
-    .unwrap();
+    let resumed = run(Resume::IfPresent, Box::new(Silent)).await.unwrap();
     assert_eq!(resumed.state.epochs_done, 3);
     assert_eq!(resumed.state.partial, None);
     for (a, b) in whole.state.history.iter().zip(&resumed.state.history) {
