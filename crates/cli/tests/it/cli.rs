@@ -153,7 +153,7 @@ fn inspect_reads_s3_like_a_local_folder() {
 #[test]
 fn wrong_s3_credentials_fail_with_a_clear_message() {
     let env = s3();
-    let child_env = with_wrong_secret(&env);
+    let child_env = with_wrong_secret(env);
     let output = bestiary(
         &[
             "dataset",
@@ -476,7 +476,7 @@ fn builtin_model_recognises_the_animals10_validation_photos() {
 fn classify_exits_3_when_rerunning_cannot_help() {
     // Denied credentials: a Kubernetes podFailurePolicy fails the index instead of retrying.
     let env = s3();
-    let child_env = with_wrong_secret(&env);
+    let child_env = with_wrong_secret(env);
     let out = tempfile::tempdir().unwrap();
     let output = bestiary(
         &[
