@@ -55,7 +55,7 @@ fn main() -> ExitCode {
                 job.report_failure(&format!("{error:#}"));
             }
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            failure_status(&error)
         }
     }
 }
@@ -76,6 +76,41 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => commands::serve::serve(global, *args).await,
         Command::Classify(args) => commands::classify::classify(global, *args).await,
         Command::Watch(args) => commands::watch::watch(global, *args).await,
+    }
+}
+
+/// The exit status of a failed command: 3 when running it again cannot help (no photos, a bad
+/// manifest or checkpoint, invalid data, a missing bucket, denied access — what a Kubernetes
+/// podFailurePolicy should not retry), 1 for everything else (outages after retries, I/O).
+fn failure_status(error: &anyhow::Error) -> ExitCode {
+    use bestiary_dataset::DatasetError;
+    use bestiary_storage::StorageError;
+    use bestiary_train::TrainError;
+    let permanent = error.chain().any(|cause| {
+        if let Some(e) = cause.downcast_ref::<StorageError>() {
+            e.is_permanent()
+        } else if let Some(e) = cause.downcast_ref::<DatasetError>() {
+            match e {
+                DatasetError::NoImages { .. } | DatasetError::BadManifest { .. } => true,
+                DatasetError::Storage(storage) => storage.is_permanent(),
+                _ => false,
+            }
+        } else if let Some(e) = cause.downcast_ref::<TrainError>() {
+            match e {
+                TrainError::Invalid(_) | TrainError::Checkpoint(_) => true,
+                TrainError::Storage(storage) => storage.is_permanent(),
+                _ => false,
+            }
+        } else if let Some(e) = cause.downcast_ref::<bestiary_bulk::BulkError>() {
+            e.is_permanent()
+        } else {
+            false
+        }
+    });
+    if permanent {
+        ExitCode::from(commands::classify::BAD_INPUT)
+    } else {
+        ExitCode::FAILURE
     }
 }
 

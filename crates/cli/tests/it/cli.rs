@@ -164,7 +164,11 @@ fn wrong_s3_credentials_fail_with_a_clear_message() {
         ],
         &child_env,
     );
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "denied access: rerunning cannot help"
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("access denied") && stderr.contains(&env.url("x")),
@@ -175,7 +179,11 @@ fn wrong_s3_credentials_fail_with_a_clear_message() {
 #[test]
 fn missing_folder_is_a_clear_error() {
     let output = bestiary(&["dataset", "inspect", "/definitely/not/here"], &[]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "no photos: rerunning cannot help"
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("no photos found at /definitely/not/here"),
