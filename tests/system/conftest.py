@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -60,13 +61,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    """Polls `url` until it answers 200; fails early if `proc` exits."""
+def wait_ready(
+    url: str,
+    timeout: float = 60.0,
+    proc: subprocess.Popen | None = None,
+    exited: Callable[[], str | None] | None = None,
+) -> None:
+    """Polls `url` until it answers 200; fails early if `proc` exits or `exited()` says why the
+    server is gone (a container's state)."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before {url} was ready")
+        if exited is not None and (reason := exited()):
+            raise AssertionError(reason)
         try:
             reply = requests.get(url, timeout=2)
             if reply.status_code == 200:

@@ -15,14 +15,12 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass
 
 import pytest
-import requests
 
-from conftest import ROOT, bestiary_bin, require
+from conftest import ROOT, bestiary_bin, require, wait_ready
 
 LABEL = "bestiary-system-test"
 
@@ -127,22 +125,19 @@ def serve_container(image: str, *args: str, name: str, options: list[str] = ()) 
 
 def wait_container_ready(container: Container, timeout: float = 90) -> str:
     """Polls /v2/health/ready through the published port; returns the base URL."""
-    deadline = time.monotonic() + timeout
     base = f"http://127.0.0.1:{container.port()}"
-    last = None
-    while time.monotonic() < deadline:
+
+    def exited() -> str | None:
         state = container.state()
-        if not state.get("Running"):
-            raise AssertionError(f"{container.name} exited ({state.get('ExitCode')}):\n{container.logs()[-3000:]}")
-        try:
-            reply = requests.get(f"{base}/v2/health/ready", timeout=2)
-            if reply.status_code == 200:
-                return base
-            last = f"HTTP {reply.status_code}"
-        except requests.RequestException as error:
-            last = str(error)
-        time.sleep(0.1)
-    raise TimeoutError(f"{container.name} not ready in {timeout} s ({last}):\n{container.logs()[-3000:]}")
+        if state.get("Running"):
+            return None
+        return f"{container.name} exited ({state.get('ExitCode')}):\n{container.logs()[-3000:]}"
+
+    try:
+        wait_ready(f"{base}/v2/health/ready", timeout=timeout, exited=exited)
+    except TimeoutError as error:
+        raise TimeoutError(f"{error}:\n{container.logs()[-3000:]}") from None
+    return base
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::common::{CLASSES, Harness, MODEL, multipart, photo_bytes};
+use crate::common::{CLASSES, Harness, MODEL, multi_thread, multipart, photo_bytes};
 use base64::Engine as _;
 use bestiary_dataset::decode::DecodeLimits;
 use bestiary_testkit::photos::truncated_jpeg;
@@ -26,14 +26,6 @@ macro_rules! assert_shape {
             ".timing.total_ms" => "[ms]",
         })
     };
-}
-
-fn multi_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 #[test]

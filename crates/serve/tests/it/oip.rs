@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{CLASSES, Harness, MODEL, Reply, photo_bytes};
+use crate::common::{CLASSES, Harness, MODEL, Reply, multi_thread, photo_bytes};
 use base64::Engine as _;
 use bestiary_dataset::decode::DecodeLimits;
 use bestiary_serve::routes::oip::codec::{
@@ -14,14 +14,6 @@ use bestiary_serve::routes::oip::codec::{
 use bytes::Bytes;
 use image::ImageFormat;
 use serde_json::{Value, json};
-
-fn multi_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// A body with the binary extension: the JSON request, then each tensor's bytes.
 fn binary_body(request: &Value, tensors: &[&[u8]]) -> (Vec<u8>, usize) {

@@ -178,6 +178,15 @@ impl Harness {
 }
 
 /// A client that never goes through a proxy: every request stays on the loopback.
+/// A runtime with enough workers for a server and its clients in one test.
+pub fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
