@@ -264,3 +264,39 @@ impl Resnet {
         self.head.forward(pooled)
     }
 }
+
+/// The ids of `model`'s float parameters, in visiting order.
+pub fn param_ids(model: &Classifier) -> Vec<u64> {
+    struct Ids(Vec<u64>);
+    impl burn::module::ModuleVisitor for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            self.0.push(param.id.val());
+        }
+    }
+    let mut ids = Ids(Vec::new());
+    model.visit(&mut ids);
+    ids.0
+}
+
+/// `model` with its float parameters renamed to `ids` (in visiting order), values unchanged.
+pub fn with_param_ids(model: Classifier, ids: &[u64]) -> Result<Classifier, String> {
+    let found = param_ids(&model).len();
+    if found != ids.len() {
+        return Err(format!(
+            "the checkpoint names {} parameters, the network has {found}",
+            ids.len()
+        ));
+    }
+    struct Rename<'a>(std::slice::Iter<'a, u64>);
+    impl burn::module::ModuleMapper for Rename<'_> {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<Tensor<D>>,
+        ) -> burn::module::Param<Tensor<D>> {
+            let id = *self.0.next().expect("counted above");
+            let (_, value, mapper) = param.consume();
+            burn::module::Param::from_mapped_value(burn::module::ParamId::from(id), value, mapper)
+        }
+    }
+    Ok(model.map(&mut Rename(ids.iter())))
+}

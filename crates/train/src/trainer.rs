@@ -16,7 +16,7 @@ use burn::prelude::*;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use serde::{Deserialize, Serialize};
 
-use crate::arch::{ArchitectureConfig, Classifier};
+use crate::arch::{ArchitectureConfig, Classifier, param_ids, with_param_ids};
 use crate::config::{OptimizerKind, TrainConfig};
 use crate::eval::evaluate_weights;
 use crate::export::export_onnx;
@@ -456,42 +456,6 @@ async fn read_state(run: &Store) -> Result<Option<RunState>> {
     }
 }
 
-/// The ids of `model`'s float parameters, in visiting order.
-fn param_ids(model: &Classifier) -> Vec<u64> {
-    struct Ids(Vec<u64>);
-    impl burn::module::ModuleVisitor for Ids {
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
-            self.0.push(param.id.val());
-        }
-    }
-    let mut ids = Ids(Vec::new());
-    model.visit(&mut ids);
-    ids.0
-}
-
-/// `model` with its float parameters renamed to `ids` (in visiting order), values unchanged.
-fn with_param_ids(model: Classifier, ids: &[u64]) -> Result<Classifier> {
-    let found = param_ids(&model).len();
-    if found != ids.len() {
-        return Err(TrainError::Checkpoint(format!(
-            "the checkpoint names {} parameters, the network has {found}",
-            ids.len()
-        )));
-    }
-    struct Rename<'a>(std::slice::Iter<'a, u64>);
-    impl burn::module::ModuleMapper for Rename<'_> {
-        fn map_float<const D: usize>(
-            &mut self,
-            param: burn::module::Param<Tensor<D>>,
-        ) -> burn::module::Param<Tensor<D>> {
-            let id = *self.0.next().expect("counted above");
-            let (_, value, mapper) = param.consume();
-            burn::module::Param::from_mapped_value(burn::module::ParamId::from(id), value, mapper)
-        }
-    }
-    Ok(model.map(&mut Rename(ids.iter())))
-}
-
 /// Saves a mid-epoch checkpoint: the epoch's weights and optimizer state first, then the state
 /// that names them, so a crash while saving leaves the previous checkpoint in force.
 fn save_partial(
@@ -630,7 +594,7 @@ fn training_loop(
         let weights = runtime.block_on(run.get(&weights_file(last)))?;
         model = weights_from_bytes(model, weights.to_vec())?;
         if !state.param_ids.is_empty() {
-            model = with_param_ids(model, &state.param_ids)?;
+            model = with_param_ids(model, &state.param_ids).map_err(TrainError::Checkpoint)?;
         }
         let optimizer_state = runtime.block_on(run.get(&optimizer_file(last)))?;
         optimizer = optimizer
