@@ -456,20 +456,17 @@ async fn read_state(run: &Store) -> Result<Option<RunState>> {
     }
 }
 
-/// Saves a mid-epoch checkpoint: the epoch's weights and optimizer state first, then the state
-/// that names them, so a crash while saving leaves the previous checkpoint in force.
-fn save_partial(
+/// Writes a checkpoint of `epoch`: its weights and optimizer state first, then the state that
+/// names them, so the state only ever names complete files and a crash while saving leaves the
+/// previous checkpoint in force.
+fn save_checkpoint(
     run: &Store,
     runtime: &tokio::runtime::Handle,
     state: &RunState,
-    partial: PartialEpoch,
+    epoch: usize,
     model: &Classifier,
     optimizer: &ModuleOptimizer,
 ) -> Result<()> {
-    let epoch = partial.epoch;
-    let mut state = state.clone();
-    state.partial = Some(partial);
-    state.param_ids = param_ids(model);
     let weights = weights_to_bytes(model)?;
     let optimizer_bytes = optimizer
         .into_bytes()
@@ -480,7 +477,7 @@ fn save_partial(
             .await?;
         run.put(
             "state.json",
-            serde_json::to_vec_pretty(&state).expect("state serialises"),
+            serde_json::to_vec_pretty(state).expect("state serialises"),
         )
         .await?;
         Ok(())
@@ -666,7 +663,10 @@ fn training_loop(
                     right,
                     seconds: seconds_before + started.elapsed().as_secs_f64(),
                 };
-                save_partial(run, runtime, &state, partial, &model, &optimizer)?;
+                let mut interrupted = state.clone();
+                interrupted.partial = Some(partial);
+                interrupted.param_ids = param_ids(&model);
+                save_checkpoint(run, runtime, &interrupted, epoch, &model, &optimizer)?;
                 return Err(TrainError::Interrupted {
                     checkpoint: run.url().to_string(),
                 });
@@ -705,22 +705,9 @@ fn training_loop(
         state.history.push(metrics.clone());
         state.param_ids = param_ids(&model);
 
-        // Files first, state last: the state only ever names complete files.
-        let weights = weights_to_bytes(&model)?;
-        let optimizer_bytes = optimizer.into_bytes().map_err(|e| {
-            TrainError::Checkpoint(format!("cannot serialise optimizer state: {e}"))
-        })?;
+        runtime.block_on(run.put("metrics.jsonl", metrics_lines(&state.history)))?;
+        save_checkpoint(run, runtime, &state, epoch, &model, &optimizer)?;
         runtime.block_on(async {
-            run.put(&weights_file(epoch), weights).await?;
-            run.put(&optimizer_file(epoch), optimizer_bytes.to_vec())
-                .await?;
-            run.put("metrics.jsonl", metrics_lines(&state.history))
-                .await?;
-            run.put(
-                "state.json",
-                serde_json::to_vec_pretty(&state).expect("state serialises"),
-            )
-            .await?;
             // Older epochs are no longer needed, except the best one.
             for old in [epoch.checked_sub(1), previous_best].into_iter().flatten() {
                 if old != epoch && Some(old) != state.best_epoch {
