@@ -1,6 +1,6 @@
 """Shared fixtures of the system tests: the built binary, servers on free loopback ports, photos.
 
-The system tests run the real `bestiary` binary (and, in tests/system/docker, its container image)
+The system tests run the real `bestiary` binary (and, through containers.py, its container image)
 as users and operators do. They run after `cargo test --workspace` has built the binary
 (`scripts/test` does both). When something they need is absent they skip with the reason —
 unless BESTIARY_REQUIRE_SYSTEM=1 (set by .ci/run), where a missing prerequisite fails the run, so
