@@ -1,5 +1,5 @@
 //! API keys: Bearer tokens checked in constant time on every route but health, ping, metrics
-//! and the static docs page.
+//! and the static pages (the docs and the web console).
 
 use std::sync::Arc;
 
@@ -65,7 +65,8 @@ impl ApiKeys {
 
     /// Whether `path` needs a key.
     pub fn protects(&self, path: &str) -> bool {
-        self.is_enabled() && !PUBLIC_PATHS.contains(&path)
+        // The console's page and scripts are static like the docs page: they ask for the key.
+        self.is_enabled() && !PUBLIC_PATHS.contains(&path) && !crate::console::is_console_path(path)
     }
 }
 
@@ -130,6 +131,8 @@ mod tests {
         }
         assert!(keys.protects("/v1/classify"));
         assert!(keys.protects("/admin/reload"));
+        assert!(!keys.protects("/") && !keys.protects("/console/main.js"));
+        assert!(keys.protects("/v1/bucket/photos") && keys.protects("/v1/thumbnail"));
         assert!(!ApiKeys::new::<&str>(&[]).protects("/v1/classify"));
     }
 

@@ -93,6 +93,13 @@ mod tests {
             estimated_cost_usd: 0.0,
             resident_memory_bytes: 50_000_000,
             images_by_label: BTreeMap::new(),
+            recent: crate::usage::RecentActivity {
+                window_seconds: 0.0,
+                requests: 0,
+                images_per_second: 0.0,
+                latency_ms: None,
+                queue_depth: 0,
+            },
         }
     }
 

@@ -1,19 +1,23 @@
 //! `bestiary serve`: an HTTP API that classifies photos with a stored model — Bestiary's own JSON
 //! API, the SageMaker hosting contract and the Open Inference Protocol v2 — with dynamic
-//! batching, API keys, CORS, Prometheus metrics, usage and cost accounting, and hot model swap.
+//! batching, API keys, CORS, Prometheus metrics, usage and cost accounting, hot model swap, and a
+//! web console.
 
 pub mod auth;
 pub mod batcher;
 pub mod classify;
 pub mod config;
+pub mod console;
 pub mod emf;
 pub mod error;
+pub mod gallery;
 pub mod input;
 pub mod metrics;
 pub mod model;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod thumbnail;
 pub mod usage;
 
 pub use auth::collect_keys;

@@ -140,6 +140,8 @@ pub struct ModelManager {
     limits: DecodeLimits,
     /// One load at a time: a poll and an admin call at once must not load the version twice.
     reloading: tokio::sync::Mutex<()>,
+    /// An operator chose a version other than `latest`: polls leave it serving.
+    pinned: std::sync::atomic::AtomicBool,
 }
 
 impl ModelManager {
@@ -151,7 +153,99 @@ impl ModelManager {
             store,
             limits,
             reloading: tokio::sync::Mutex::new(()),
+            pinned: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether an operator pinned a version, so that the `latest` pointer is not followed.
+    pub fn is_pinned(&self) -> bool {
+        self.pinned.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The model folder the served model comes from and its name; `None` for the built-in one.
+    pub async fn repository(&self) -> Result<Option<(ModelRepository, String)>, ApiError> {
+        match self.source() {
+            None | Some(ModelSource::Builtin) => Ok(None),
+            Some(ModelSource::Latest {
+                repository, name, ..
+            }) => Ok(Some((*repository, name))),
+            Some(ModelSource::Version { url }) => {
+                let (repository, name, _) = resolve(&url, &self.store).await.map_err(|e| {
+                    ApiError::Internal(format!("the model folder is unreadable: {e}"))
+                })?;
+                Ok(Some((repository, name)))
+            }
+        }
+    }
+
+    /// Serves `version` of the model's folder (the hot swap of `/admin/models/{name}/serve`):
+    /// loaded and warmed beside the serving one, then swapped in; on failure the old one keeps
+    /// serving. A version other than the latest is pinned until `latest` is asked for again.
+    pub async fn serve_version(&self, version: &str) -> Result<ReloadOutcome, ApiError> {
+        let Some((repository, name)) = self.repository().await? else {
+            return Err(ApiError::BadRequest(
+                "the built-in model has one version; serve a model folder to choose".into(),
+            ));
+        };
+        let follows_latest = self.source().is_some_and(|s| s.follows_latest());
+        if version == LATEST && follows_latest {
+            self.pinned
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            return self.reload().await;
+        }
+        let _one_at_a_time = self.reloading.lock().await;
+        let version = if version == LATEST {
+            repository
+                .latest(&name)
+                .await
+                .map_err(|e| reload_failed(&e.to_string()))?
+                .ok_or_else(|| ApiError::NotFound(format!("{name} has no latest version")))?
+        } else {
+            version.to_string()
+        };
+        if version.is_empty() || version.contains('/') || version == ".." {
+            return Err(ApiError::BadRequest(format!(
+                "{version:?} is not a version"
+            )));
+        }
+        match repository.versions(&name).await {
+            Ok(versions) if versions.contains(&version) => {}
+            Ok(_) => {
+                return Err(ApiError::NotFound(format!(
+                    "model {name} has no version {version:?}"
+                )));
+            }
+            Err(e) => return Err(reload_failed(&e.to_string())),
+        }
+        let previous = self.current().map(|m| m.version().to_string());
+        let version_url = repository.store().url_of(&format!("{name}/{version}"));
+        let loaded = load_model(Some(&version_url), &self.engine, &self.store)
+            .await
+            .map_err(|e| reload_failed(&e.to_string()))?;
+        let served = self
+            .warm(loaded)
+            .await
+            .map_err(|e| reload_failed(&e.to_string()))?;
+        let current = served.version().to_string();
+        let swapped = previous.as_deref() != Some(current.as_str());
+        self.swap_in(served);
+        if follows_latest {
+            let latest = repository.latest(&name).await.ok().flatten();
+            self.pinned.store(
+                latest.as_deref() != Some(current.as_str()),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        } else {
+            *self.source.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(ModelSource::Version { url: version_url });
+        }
+        counter!(MODEL_RELOADS, "outcome" => "swapped").increment(1);
+        tracing::info!(model = %name, from = previous.as_deref().unwrap_or("-"), to = %current, "an operator swapped the served version");
+        Ok(ReloadOutcome {
+            previous,
+            current,
+            swapped,
+        })
     }
 
     /// The model of the moment, or `None` before the first one is ready.
@@ -206,11 +300,12 @@ impl ModelManager {
     pub async fn reload(&self) -> Result<ReloadOutcome, ApiError> {
         let _one_at_a_time = self.reloading.lock().await;
         let previous = self.current().map(|m| m.version().to_string());
+        let source = self.source().filter(|_| !self.is_pinned());
         let Some(ModelSource::Latest {
             repository, name, ..
-        }) = self.source()
+        }) = source
         else {
-            // A fixed version or the built-in model never changes.
+            // A fixed or pinned version, or the built-in model, does not change.
             let current = previous.clone().ok_or(ApiError::NotReady)?;
             return Ok(ReloadOutcome {
                 previous,

@@ -87,6 +87,7 @@ impl Server {
             batcher,
             usage,
             uris,
+            gallery: Default::default(),
         });
         let (stop, mut stopped) = watch::channel(false);
         let app = routes::router(state.clone());
@@ -236,10 +237,10 @@ impl Server {
 async fn write_emf(state: AppState, interval: std::time::Duration) {
     let mut ticks = tokio::time::interval(interval);
     ticks.tick().await;
-    let mut previous = state.usage.report();
+    let mut previous = state.usage_report();
     loop {
         ticks.tick().await;
-        let current = state.usage.report();
+        let current = state.usage_report();
         if let Some(model) = state.models.current() {
             let record = crate::emf::emf_record(
                 model.name(),

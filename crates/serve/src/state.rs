@@ -27,6 +27,8 @@ pub struct Shared {
     /// Photos decoded at once: one per core, so that a burst of requests neither spawns a
     /// blocking thread per photo nor starves the inference thread of CPU.
     pub decoding: Arc<Semaphore>,
+    /// The console's caches: predictions of bucket photos, thumbnails, opened results.
+    pub gallery: crate::gallery::Gallery,
 }
 
 impl AppState {
@@ -61,6 +63,11 @@ impl AppState {
             )));
         }
         Ok(model)
+    }
+
+    /// Every usage figure, the queue's included.
+    pub fn usage_report(&self) -> crate::usage::UsageReport {
+        self.usage.report(self.batcher.queue_depth() as u64)
     }
 
     /// `top_k` from a query, checked; the configured default when absent.

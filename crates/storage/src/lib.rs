@@ -7,10 +7,12 @@
 //! - `memory://name/prefix` — an in-process store, for tests.
 
 mod error;
+mod page;
 mod store;
 mod url;
 
 pub use error::{StorageError, StorageErrorKind};
+pub use page::ListPage;
 pub use store::{ObjectInfo, ObjectWriter, Store, StoreOptions, s3_builder, s3_endpoint};
 pub use url::{StoreUrl, parse_store_url};
 

@@ -68,9 +68,9 @@ pub struct ObjectInfo {
 #[derive(Clone)]
 pub struct Store {
     url: StoreUrl,
-    inner: Arc<dyn ObjectStore>,
+    pub(crate) inner: Arc<dyn ObjectStore>,
     /// The root inside `inner`.
-    root: Path,
+    pub(crate) root: Path,
     /// For local stores, the folder the keys must stay inside.
     local_root: Option<PathBuf>,
 }
@@ -206,7 +206,7 @@ impl Store {
         Ok(self.root.parts().chain(relative.parts()).collect())
     }
 
-    fn relative_key(&self, location: &Path) -> String {
+    pub(crate) fn relative_key(&self, location: &Path) -> String {
         match location.prefix_match(&self.root) {
             Some(parts) => parts
                 .map(|p| p.as_ref().to_string())
@@ -216,11 +216,11 @@ impl Store {
         }
     }
 
-    fn error(&self, key: &str, err: object_store::Error) -> StorageError {
+    pub(crate) fn error(&self, key: &str, err: object_store::Error) -> StorageError {
         StorageError::from_object_store(err, self.url_of(key))
     }
 
-    fn info(&self, meta: ObjectMeta) -> ObjectInfo {
+    pub(crate) fn info(&self, meta: ObjectMeta) -> ObjectInfo {
         ObjectInfo {
             key: self.relative_key(&meta.location),
             size: meta.size,

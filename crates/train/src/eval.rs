@@ -47,9 +47,10 @@ pub struct ClassMetrics {
     pub support: usize,
 }
 
-/// A wrong prediction, with the probability the model gave its (wrong) answer.
+/// One photo's answer: its true label, the predicted one, and the probability the model gave
+/// its answer. Wrong ones are the mistakes.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Mistake {
+pub struct PhotoPrediction {
     pub id: String,
     pub true_label: String,
     pub predicted_label: String,
@@ -73,7 +74,9 @@ pub struct EvalReport {
     /// `confusion[true][predicted]`, in the model's class order.
     pub confusion: Vec<Vec<usize>>,
     /// The most confident wrong predictions, most confident first.
-    pub worst_mistakes: Vec<Mistake>,
+    pub worst_mistakes: Vec<PhotoPrediction>,
+    /// Every photo's answer, in evaluation order: the photos behind each cell of `confusion`.
+    pub predictions: Vec<PhotoPrediction>,
     pub bad_files: Vec<SkippedFile>,
 }
 
@@ -116,7 +119,7 @@ impl EvalReport {
         let top_k = n.min(5);
         let mut confusion = vec![vec![0usize; n]; n];
         let (mut top1, mut topk) = (0usize, 0usize);
-        let mut mistakes = Vec::new();
+        let mut answers = Vec::with_capacity(predictions.ids.len());
         for ((id, &label), row) in predictions
             .ids
             .iter()
@@ -130,16 +133,19 @@ impl EvalReport {
             let rank = rank_of(row, label);
             top1 += usize::from(rank == 0);
             topk += usize::from(rank < top_k);
-            if predicted != label {
-                let name = |i: usize| classes.get(i).cloned().unwrap_or_else(|| i.to_string());
-                mistakes.push(Mistake {
-                    id: id.clone(),
-                    true_label: name(label),
-                    predicted_label: name(predicted),
-                    score: row.get(predicted).copied().unwrap_or(0.0) as f64,
-                });
-            }
+            let name = |i: usize| classes.get(i).cloned().unwrap_or_else(|| i.to_string());
+            answers.push(PhotoPrediction {
+                id: id.clone(),
+                true_label: name(label),
+                predicted_label: name(predicted),
+                score: row.get(predicted).copied().unwrap_or(0.0) as f64,
+            });
         }
+        let mut mistakes: Vec<PhotoPrediction> = answers
+            .iter()
+            .filter(|a| a.true_label != a.predicted_label)
+            .cloned()
+            .collect();
         mistakes.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
         mistakes.truncate(WORST_MISTAKES);
 
@@ -190,6 +196,7 @@ impl EvalReport {
             macro_f1,
             confusion,
             worst_mistakes: mistakes,
+            predictions: answers,
             bad_files,
         }
     }
@@ -400,6 +407,18 @@ mod tests {
             report.confusion,
             vec![vec![2, 1, 0], vec![1, 1, 0], vec![0, 0, 1]]
         );
+        // Every photo is listed, so each cell of the matrix can show its photos.
+        assert_eq!(report.predictions.len(), 6);
+        for (t, row) in report.confusion.iter().enumerate() {
+            for (p, count) in row.iter().enumerate() {
+                let photos = report
+                    .predictions
+                    .iter()
+                    .filter(|a| a.true_label == classes()[t] && a.predicted_label == classes()[p])
+                    .count();
+                assert_eq!(photos, *count);
+            }
+        }
         assert!(close(report.top1, 4.0 / 6.0));
         assert_eq!(report.top_k, 3);
         assert!(close(report.top5, 1.0));

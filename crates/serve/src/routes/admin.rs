@@ -37,7 +37,7 @@ pub async fn reload(State(state): State<AppState>) -> Result<Json<ReloadOutcome>
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain"))
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let usage = state.usage.report();
+    let usage = state.usage_report();
     gauge!(CPU_SECONDS_PER_IMAGE).set(usage.cpu_seconds_per_image);
     gauge!(COST_PER_1000_IMAGES).set(usage.cost_per_1000_images_usd);
     gauge!(COST_PER_VCPU_HOUR).set(usage.cost_per_vcpu_hour_usd);

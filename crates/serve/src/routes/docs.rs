@@ -6,7 +6,7 @@ use axum::response::Html;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, native, oip, sagemaker};
+use crate::routes::{admin, bucket, native, oip, sagemaker, versions};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,13 +14,21 @@ use crate::routes::{admin, native, oip, sagemaker};
         title = "Bestiary",
         description = "Image classification: Bestiary's own API, the SageMaker hosting contract \
             and the Open Inference Protocol v2. When the server has API keys, every route but \
-            /ping, /metrics, /v2/health/* and /docs needs `Authorization: Bearer <key>`."
+            /ping, /metrics, /v2/health/*, /docs and the console's static page (/, /console/*) needs `Authorization: Bearer <key>`."
     ),
     paths(
         native::classify,
         native::list_models,
         native::get_model,
         native::usage,
+        versions::list,
+        versions::detail,
+        versions::report,
+        versions::serve,
+        bucket::folders,
+        bucket::photos,
+        bucket::results,
+        bucket::thumbnail,
         sagemaker::ping,
         sagemaker::invocations,
         sagemaker::execution_parameters,
@@ -39,7 +47,8 @@ use crate::routes::{admin, native, oip, sagemaker};
     modifiers(&BearerSecurity),
     tags(
         (name = "classify", description = "Classify photos"),
-        (name = "models", description = "What is served"),
+        (name = "models", description = "What is served, and the versions of its model folder"),
+        (name = "bucket", description = "The bucket as a gallery, for the web console"),
         (name = "sagemaker", description = "Amazon SageMaker hosting and batch transform"),
         (name = "open-inference-protocol", description = "KServe / Triton Open Inference Protocol v2"),
         (name = "monitoring", description = "Usage, cost and Prometheus metrics"),

@@ -1,10 +1,12 @@
 //! The router: every route, and the layers around them (panics, CORS, metrics, auth, limits).
 
 pub mod admin;
+pub mod bucket;
 pub mod docs;
 pub mod native;
 pub mod oip;
 pub mod sagemaker;
+pub mod versions;
 
 use std::time::Instant;
 
@@ -38,6 +40,21 @@ pub fn router(state: AppState) -> Router {
         .merge(inference)
         .route("/v1/models", get(native::list_models))
         .route("/v1/models/{name}", get(native::get_model))
+        .route("/v1/models/{name}/versions", get(versions::list))
+        .route(
+            "/v1/models/{name}/versions/{version}",
+            get(versions::detail),
+        )
+        .route(
+            "/v1/models/{name}/versions/{version}/report",
+            get(versions::report),
+        )
+        .route("/v1/bucket/folders", get(bucket::folders))
+        .route("/v1/bucket/photos", get(bucket::photos))
+        .route("/v1/bucket/results", get(bucket::results))
+        .route("/v1/thumbnail", get(bucket::thumbnail))
+        .route("/", get(crate::console::index))
+        .route("/console/{file}", get(crate::console::asset))
         .route("/v1/usage", get(native::usage))
         .route("/ping", get(sagemaker::ping))
         .route(
@@ -58,6 +75,7 @@ pub fn router(state: AppState) -> Router {
             get(oip::model_version_ready),
         )
         .route("/admin/reload", post(admin::reload))
+        .route("/admin/models/{name}/serve", post(versions::serve))
         .route("/metrics", get(admin::metrics))
         .route("/openapi.json", get(docs::openapi))
         .route("/docs", get(docs::page))
@@ -107,7 +125,8 @@ async fn observe(request: Request, next: Next) -> Response {
     response
 }
 
-/// `--max-concurrent-requests` (429 beyond it, at once) and the per-request timeout.
+/// `--max-concurrent-requests` (429 beyond it, at once), the per-request timeout, and the
+/// usage figures of answered requests.
 async fn limit_inference(
     State(state): State<AppState>,
     request: Request,
@@ -120,9 +139,15 @@ async fn limit_inference(
         ))
     })?;
     let timeout = state.config.request_timeout;
-    tokio::time::timeout(timeout, next.run(request))
+    let started = Instant::now();
+    let response = tokio::time::timeout(timeout, next.run(request))
         .await
-        .map_err(|_| ApiError::Timeout(timeout))
+        .map_err(|_| ApiError::Timeout(timeout))?;
+    // Counted here, once for every inference API, from the first byte to the answer.
+    if response.status().is_success() {
+        state.usage.record_request(started.elapsed());
+    }
+    Ok(response)
 }
 
 fn cors(origins: &[String]) -> Option<CorsLayer> {

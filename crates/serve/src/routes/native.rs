@@ -23,7 +23,7 @@ pub struct ClassifyQuery {
 }
 
 /// One label and its probability.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LabelScore {
     pub label: String,
     pub score: f32,
@@ -241,7 +241,6 @@ pub async fn classify(
     state.model()?;
     let (_, images) = read_images(request, state.config.max_body_bytes, &state.uris).await?;
     let classification = classify_images(&state, images, top_k).await?;
-    state.usage.record_request();
     Ok(Json(ClassifyResponse::new(&classification, started)))
 }
 
@@ -293,5 +292,5 @@ pub async fn get_model(
     security((), ("api_key" = []))
 )]
 pub async fn usage(State(state): State<AppState>) -> Json<UsageReport> {
-    Json(state.usage.report())
+    Json(state.usage_report())
 }

@@ -424,7 +424,6 @@ async fn infer_with(
             )));
         }
     };
-    state.usage.record_request();
     codec::encode_response(&InferResponse {
         model_name: classification.model.name().to_string(),
         model_version: classification.model.version().to_string(),

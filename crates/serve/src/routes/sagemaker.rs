@@ -284,7 +284,6 @@ pub async fn invocations(
     // A raw body holds one photo by definition; the other bodies answer as a list.
     let single = kind == BodyKind::Image;
     let classification = classify_images(&state, images, top_k).await?;
-    state.usage.record_request();
     let labels = &classification.model.model.metadata.classes;
     let answers: Vec<Invocation> = classification
         .images

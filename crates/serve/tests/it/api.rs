@@ -707,6 +707,11 @@ fn concurrent_requests_are_batched_and_metrics_and_usage_count_them() {
             ".inference_seconds" => "[figure]",
             ".batches" => "[figure]",
             ".mean_batch_size" => "[figure]",
+            ".recent.window_seconds" => "[figure]",
+            ".recent.images_per_second" => "[figure]",
+            ".recent.latency_ms.p50" => "[ms]",
+            ".recent.latency_ms.p90" => "[ms]",
+            ".recent.latency_ms.p99" => "[ms]",
         });
         harness.stop().await;
     });

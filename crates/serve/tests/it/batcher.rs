@@ -85,7 +85,7 @@ fn batches_group_one_model_version_and_never_mix_two() {
                 .submit(a.clone(), vec![0.0; a.model.input_len()], 1)
                 .is_err()
         );
-        assert_eq!(usage.report().images_classified, 8);
+        assert_eq!(usage.report(0).images_classified, 8);
     });
 }
 

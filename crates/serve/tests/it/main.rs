@@ -1,4 +1,5 @@
-//! Integration tests of the HTTP server: every route, error, auth, hot swap and shutdown.
+//! Integration tests of the HTTP server: every route, error, auth, hot swap, shutdown and the
+//! web console's routes.
 //!
 //! One test binary per crate: each links the whole inference and training stack (~130 MB),
 //! so separate files would multiply link time and disk use in CI.
@@ -7,6 +8,7 @@ mod api;
 mod batcher;
 mod builtin;
 mod common;
+mod console;
 mod hot_swap;
 mod oip;
 mod shutdown;

@@ -56,6 +56,20 @@ async fn lists_1500_keys_across_pages() {
         .unwrap();
     assert_eq!(after.first().map(String::as_str), Some("k/01201.txt"));
     assert_eq!(after.len(), 299);
+
+    // Pages of 400 with a cursor: one request or two each, never the whole listing.
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store.list_page("k", cursor.as_deref(), 400).await.unwrap();
+        assert!(page.objects.len() <= 400);
+        paged.extend(page.objects.into_iter().map(|o| o.key));
+        match page.next_after {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, expected, "pages cover every key once, in order");
 }
 
 #[tokio::test]
