@@ -1,7 +1,13 @@
 //! One page of a listing in a stable order, with a cursor to resume after it: what a gallery or
 //! an API that pages through a prefix of any size needs.
 
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
+
 use futures::{StreamExt, TryStreamExt};
+use lru::LruCache;
 use object_store::path::Path;
 
 use crate::store::Store;
@@ -82,36 +88,101 @@ impl Store {
                     {
                         continue;
                     }
-                    let listing = self
-                        .inner
-                        .list_with_delimiter(Some(&location))
-                        .await
-                        .map_err(|e| self.error(&key, e))?;
-                    let mut children: Vec<(String, Entry)> = listing
-                        .objects
-                        .into_iter()
-                        .map(|meta| {
-                            let info = self.info(meta);
-                            (last_segment(&info.key), Entry::Object(info))
-                        })
-                        .chain(listing.common_prefixes.into_iter().map(|folder| {
-                            let name = folder.filename().unwrap_or_default().to_string();
-                            (name, Entry::Folder(folder))
-                        }))
-                        .collect();
-                    // Reversed, so that popping visits them in order.
-                    children.sort_by(|a, b| b.0.cmp(&a.0));
-                    pending.extend(children.into_iter().map(|(_, entry)| entry));
+                    let children = self.sorted_folder(&location, &key).await?;
+                    // Reversed, so that popping visits them in order; the entries before the
+                    // cursor are not even pushed.
+                    let start = match &after {
+                        Some(a) => children.partition_point(|(name, _)| {
+                            let path = join(&key, name);
+                            !is_ancestor(&path, a) && path.split('/').le(a.iter().copied())
+                        }),
+                        None => 0,
+                    };
+                    pending.extend(children[start..].iter().rev().map(|(_, e)| e.clone()));
                 }
             }
         }
         Ok(objects)
     }
+
+    /// One directory's entries sorted by name. Large ones are kept while the directory's
+    /// modification time stays the same (adding or removing an entry changes it), so paging
+    /// through 100,000 photos reads the directory once, not once per page.
+    async fn sorted_folder(&self, location: &Path, key: &str) -> Result<Arc<Vec<(String, Entry)>>> {
+        let directory = self.local_root.as_ref().map(|root| root.join(key));
+        let modified = directory
+            .as_ref()
+            .and_then(|d| std::fs::metadata(d).ok())
+            .and_then(|m| m.modified().ok());
+        let cache_key = directory.clone().zip(modified);
+        if let Some((dir, modified)) = &cache_key
+            && let Some(hit) = listing_cache()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(dir)
+                .filter(|cached| cached.0 == *modified)
+        {
+            return Ok(hit.1.clone());
+        }
+        let listing = self
+            .inner
+            .list_with_delimiter(Some(location))
+            .await
+            .map_err(|e| self.error(key, e))?;
+        let mut children: Vec<(String, Entry)> = listing
+            .objects
+            .into_iter()
+            .map(|meta| {
+                let info = self.info(meta);
+                (last_segment(&info.key), Entry::Object(info))
+            })
+            .chain(listing.common_prefixes.into_iter().map(|folder| {
+                let name = folder.filename().unwrap_or_default().to_string();
+                (name, Entry::Folder(folder))
+            }))
+            .collect();
+        children.sort_by(|a, b| a.0.cmp(&b.0));
+        let children = Arc::new(children);
+        if let Some((dir, modified)) = cache_key
+            && children.len() >= CACHED_FOLDER_ENTRIES
+        {
+            listing_cache()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .put(dir, (modified, children.clone()));
+        }
+        Ok(children)
+    }
 }
 
+/// Directories with at least this many entries are kept: smaller ones list in microseconds.
+const CACHED_FOLDER_ENTRIES: usize = 1000;
+
+type CachedFolder = (SystemTime, Arc<Vec<(String, Entry)>>);
+
+/// The large directories listed lately, of every local store of the process.
+fn listing_cache() -> &'static Mutex<LruCache<PathBuf, CachedFolder>> {
+    static CACHE: OnceLock<Mutex<LruCache<PathBuf, CachedFolder>>> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(LruCache::new(NonZeroUsize::new(8).expect("non-zero"))))
+}
+
+#[derive(Clone)]
 enum Entry {
     Object(ObjectInfo),
     Folder(Path),
+}
+
+fn join(folder: &str, name: &str) -> String {
+    if folder.is_empty() {
+        name.to_string()
+    } else {
+        format!("{folder}/{name}")
+    }
+}
+
+fn is_ancestor(folder: &str, after: &[&str]) -> bool {
+    let folder: Vec<&str> = folder.split('/').collect();
+    folder.len() < after.len() && folder[..] == after[..folder.len()]
 }
 
 fn last_segment(key: &str) -> String {
@@ -121,9 +192,7 @@ fn last_segment(key: &str) -> String {
 /// Whether every key inside the folder `folder` sorts before the key `after`: the folder comes
 /// first and is not one of `after`'s ancestors.
 fn wholly_before(folder: &str, after: &[&str]) -> bool {
-    let folder: Vec<&str> = folder.split('/').collect();
-    let is_ancestor = folder.len() < after.len() && folder[..] == after[..folder.len()];
-    !is_ancestor && folder[..] < after[..]
+    !is_ancestor(folder, after) && folder.split('/').lt(after.iter().copied())
 }
 
 #[cfg(test)]
@@ -183,6 +252,28 @@ mod tests {
         assert_eq!(first.next_after.as_deref(), Some("photos/a.b/x.jpg"));
         assert_eq!(all_pages(&store, "photos/c", 2).await.len(), 3);
         assert!(all_pages(&store, "nothing-here", 5).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_large_folder_is_listed_once_and_its_changes_are_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("many");
+        std::fs::create_dir(&folder).unwrap();
+        for i in 0..1200 {
+            std::fs::write(folder.join(format!("{i:05}.jpg")), [1u8]).unwrap();
+        }
+        let store = Store::open(dir.path().to_str().unwrap(), &StoreOptions::default()).unwrap();
+        let keys = all_pages(&store, "many", 500).await;
+        let expected: Vec<String> = (0..1200).map(|i| format!("many/{i:05}.jpg")).collect();
+        assert_eq!(keys, expected);
+        // A new photo changes the folder's modification time: the cached listing is dropped.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(folder.join("01200.jpg"), [1u8]).unwrap();
+        std::fs::remove_file(folder.join("00000.jpg")).unwrap();
+        let keys = all_pages(&store, "many", 500).await;
+        assert_eq!(keys.len(), 1200);
+        assert_eq!(keys.first().map(String::as_str), Some("many/00001.jpg"));
+        assert_eq!(keys.last().map(String::as_str), Some("many/01200.jpg"));
     }
 
     #[tokio::test]

@@ -72,7 +72,7 @@ pub struct Store {
     /// The root inside `inner`.
     pub(crate) root: Path,
     /// For local stores, the folder the keys must stay inside.
-    local_root: Option<PathBuf>,
+    pub(crate) local_root: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Store {

@@ -59,11 +59,13 @@ const ASSETS: [(&str, &str, &str); 9] = [
     ),
 ];
 
-/// Only the page's own files, no inline code, nothing from elsewhere: a photo or a label that
+/// Only the page's own scripts, no inline code, nothing from elsewhere: a photo or a label that
 /// slipped markup into the page could not run it. `blob:` is how thumbnails fetched with the
-/// API key and webcam captures are shown.
+/// API key and webcam captures are shown. Inline styles are allowed for one reason: a training
+/// report fetched with the key is shown from a blob in a sandboxed frame, which inherits this
+/// policy, and its charts are styled inline.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' blob: data:; \
-     media-src 'self' blob: mediastream:; style-src 'self'; script-src 'self'; \
+     media-src 'self' blob: mediastream:; style-src 'self' 'unsafe-inline'; script-src 'self'; \
      connect-src 'self'; frame-src 'self' blob: data:; object-src 'none'; base-uri 'none'; \
      form-action 'none'; frame-ancestors 'none'";
 

@@ -17,6 +17,7 @@ use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::{ApiKeys, require_api_key};
@@ -36,8 +37,14 @@ pub fn router(state: AppState) -> Router {
             post(oip::infer_version),
         )
         .route_layer(from_fn_with_state(state.clone(), limit_inference));
+    // The console's files are text: gzip makes its first load a third of the bytes.
+    let console = Router::new()
+        .route("/", get(crate::console::index))
+        .route("/console/{file}", get(crate::console::asset))
+        .layer(CompressionLayer::new());
     let router = Router::new()
         .merge(inference)
+        .merge(console)
         .route("/v1/models", get(native::list_models))
         .route("/v1/models/{name}", get(native::get_model))
         .route("/v1/models/{name}/versions", get(versions::list))
@@ -53,8 +60,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/bucket/photos", get(bucket::photos))
         .route("/v1/bucket/results", get(bucket::results))
         .route("/v1/thumbnail", get(bucket::thumbnail))
-        .route("/", get(crate::console::index))
-        .route("/console/{file}", get(crate::console::asset))
         .route("/v1/usage", get(native::usage))
         .route("/ping", get(sagemaker::ping))
         .route(

@@ -47,7 +47,8 @@ export function initModels(ctx) {
       : `Serving ${versions.serving}${versions.follows_latest ? ', following the latest version' : ''}.`;
     $('follow-latest').hidden = !(versions.pinned && versions.latest);
     tbody.replaceChildren(...versions.versions.map((v) => {
-      const metrics = Object.entries(v.metrics || {}).slice(0, 3).map(([k, x]) => `${k} ${metricText(k, x)}`).join(', ');
+      const metrics = Object.entries(v.metrics || {}).filter(([k]) => k.startsWith('validation_'))
+        .map(([k, x]) => `${k.slice(11).replace(/_/g, ' ')} ${metricText(k, x)}`).join(', ');
       return h('tr', { dataset: { version: v.version }, class: v.serving ? 'serving' : '' },
         h('th', { scope: 'row', class: 'mono' }, v.version, v.serving ? h('span', { class: 'badge' }, 'serving') : null),
         h('td', {}, v.created ?? ''), h('td', {}, v.architecture ?? ''), h('td', {}, num(v.classes)), h('td', {}, metrics || '–'),
