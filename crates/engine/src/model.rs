@@ -29,6 +29,9 @@ pub struct LoadedModel {
     pub engine: Arc<dyn Engine>,
     /// The URL it was loaded from (`builtin:animals` for the shipped model).
     pub source: String,
+    /// Whether a photo the model's detector rejects is labelled `unknown` (default), or keeps
+    /// its most probable class as the label (the `unknown` flag says it either way).
+    pub label_unknown: bool,
 }
 
 impl LoadedModel {
@@ -37,7 +40,15 @@ impl LoadedModel {
             metadata: Arc::new(metadata),
             engine,
             source,
+            label_unknown: true,
         }
+    }
+
+    /// Keeps the most probable class as the label of photos the detector rejects.
+    #[must_use]
+    pub fn keeping_labels_of_unknown(mut self, keep: bool) -> Self {
+        self.label_unknown = !keep;
+        self
     }
 
     /// The batch size its engine runs best at (see [`Engine::preferred_batch_size`]).
@@ -81,7 +92,15 @@ impl LoadedModel {
         }
         Ok(logits
             .chunks_exact(classes.len())
-            .map(|row| Prediction::from_logits(row, classes, top_k))
+            .map(|row| {
+                Prediction::calibrated(
+                    row,
+                    classes,
+                    top_k,
+                    self.metadata.calibration.as_ref(),
+                    self.label_unknown,
+                )
+            })
             .collect())
     }
 

@@ -1,6 +1,11 @@
-//! From logits to answers: probabilities, the top label and the top-k list.
+//! From logits to answers: probabilities (at the model's fitted temperature), the top label,
+//! the top-k list, and whether the photo is none of the model's classes.
 
+use bestiary_model::Calibration;
 use serde::Serialize;
+
+/// The label of a photo the model's detector rejects as none of its classes.
+pub const UNKNOWN_LABEL: &str = "unknown";
 
 /// One label with its probability.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -12,7 +17,8 @@ pub struct LabelScore {
 /// What the model says about one image.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Prediction {
-    /// The most probable label.
+    /// The most probable label, or [`UNKNOWN_LABEL`] when the detector rejects the photo (and
+    /// the model is set to say so).
     pub label: String,
     /// Its probability.
     pub score: f32,
@@ -22,6 +28,11 @@ pub struct Prediction {
     pub top_k: Vec<LabelScore>,
     /// Probability of every class, in the model's class order.
     pub probabilities: Vec<f32>,
+    /// Whether the model's detector finds the photo unlike all of its classes; `None` for a
+    /// model without one.
+    pub unknown: Option<bool>,
+    /// The detector's score (energy: higher is more like the training photos).
+    pub unknown_score: Option<f32>,
 }
 
 /// Numerically stable softmax of one row of logits.
@@ -38,9 +49,27 @@ impl Prediction {
     /// # Panics
     /// If `logits` and `classes` differ in length or are empty.
     pub fn from_logits(logits: &[f32], classes: &[String], top_k: usize) -> Self {
+        Self::calibrated(logits, classes, top_k, None, true)
+    }
+
+    /// The prediction with the model's `calibration`: its temperature, and its detector, whose
+    /// rejection makes the label [`UNKNOWN_LABEL`] when `label_unknown` (the ranking stays).
+    ///
+    /// # Panics
+    /// If `logits` and `classes` differ in length or are empty.
+    pub fn calibrated(
+        logits: &[f32],
+        classes: &[String],
+        top_k: usize,
+        calibration: Option<&Calibration>,
+        label_unknown: bool,
+    ) -> Self {
         assert_eq!(logits.len(), classes.len(), "one logit per class");
         assert!(!classes.is_empty(), "a model has at least one class");
-        let probabilities = softmax(logits);
+        let (probabilities, unknown) = match calibration {
+            Some(calibration) => calibration.apply(logits),
+            None => (softmax(logits), None),
+        };
         let mut order: Vec<usize> = (0..classes.len()).collect();
         // Ties keep class order, so equal scores always rank the same way.
         order.sort_by(|&a, &b| {
@@ -57,12 +86,19 @@ impl Prediction {
             })
             .collect();
         let best = order[0];
+        let rejected = unknown.is_some_and(|(rejected, _)| rejected);
         Self {
-            label: classes[best].clone(),
+            label: if rejected && label_unknown {
+                UNKNOWN_LABEL.to_string()
+            } else {
+                classes[best].clone()
+            },
             score: probabilities[best],
             class_index: best,
             top_k,
             probabilities,
+            unknown: unknown.map(|(rejected, _)| rejected),
+            unknown_score: unknown.map(|(_, score)| score),
         }
     }
 }

@@ -53,6 +53,10 @@ pub struct ModelMetadata {
     /// Final figures (validation accuracy, loss, …).
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
+    /// The temperature and the "unknown" detector fitted on held-out photos; models trained
+    /// before they existed have none and answer with plain softmax scores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<crate::Calibration>,
     /// The other files of the version (weights, ONNX graph, report), relative to its folder.
     #[serde(default)]
     pub files: Vec<String>,
@@ -76,6 +80,7 @@ impl ModelMetadata {
             training: serde_json::Value::Null,
             dataset: None,
             metrics: BTreeMap::new(),
+            calibration: None,
             files: Vec::new(),
             software: format!("bestiary {}", env!("CARGO_PKG_VERSION")),
             created: String::new(),
@@ -97,6 +102,20 @@ impl ModelMetadata {
         }
         if metadata.input.image_size == 0 || !(0.0..=1.0).contains(&metadata.input.crop_fraction) {
             return Err("model.json has an invalid input size or crop fraction".into());
+        }
+        if let Some(calibration) = &metadata.calibration {
+            let threshold_ok = calibration
+                .unknown
+                .as_ref()
+                .is_none_or(|detector| detector.threshold.is_finite());
+            if !(calibration.temperature.is_finite() && calibration.temperature > 0.0)
+                || !threshold_ok
+            {
+                return Err(
+                    "model.json has an invalid calibration (temperature or unknown threshold)"
+                        .into(),
+                );
+            }
         }
         Ok(metadata)
     }

@@ -69,6 +69,7 @@ pub enum Predicted {
     Label {
         label: String,
         score: f32,
+        unknown: Option<bool>,
         top_k: Vec<LabelScore>,
         width: Option<u32>,
         height: Option<u32>,
@@ -84,6 +85,9 @@ pub struct GalleryPhoto {
     pub size: u64,
     pub label: Option<String>,
     pub score: Option<f32>,
+    /// Whether the model's detector finds it none of the classes (absent without a detector).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<bool>,
     pub top_k: Vec<LabelScore>,
     pub width: Option<u32>,
     pub height: Option<u32>,
@@ -98,6 +102,7 @@ impl GalleryPhoto {
             size: object.size,
             label: None,
             score: None,
+            unknown: None,
             top_k: Vec::new(),
             width: None,
             height: None,
@@ -107,12 +112,14 @@ impl GalleryPhoto {
             Predicted::Label {
                 label,
                 score,
+                unknown,
                 top_k: labels,
                 width,
                 height,
             } => {
                 photo.label = Some(label.clone());
                 photo.score = Some(*score);
+                photo.unknown = *unknown;
                 photo.top_k = labels.iter().take(top_k).cloned().collect();
                 photo.width = *width;
                 photo.height = *height;
@@ -269,6 +276,7 @@ async fn predict_object(
             Ok(Predicted::Label {
                 label: prediction.label.clone(),
                 score: prediction.score,
+                unknown: prediction.unknown,
                 top_k: prediction
                     .top_k
                     .iter()

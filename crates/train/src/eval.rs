@@ -2,10 +2,10 @@
 //! confusion matrix and worst mistakes.
 
 use bestiary_dataset::{Dataset, ImageCache, Loader, LoaderConfig, Sample, SkippedFile};
-use bestiary_model::{ModelMetadata, resolve};
+use bestiary_model::calibration::{ECE_BINS, expected_calibration_error, softmax_at};
+use bestiary_model::{Calibration, ModelMetadata, resolve};
 use bestiary_storage::{Store, StoreOptions};
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 use serde::Serialize;
 
 use crate::arch::{ArchitectureConfig, Classifier};
@@ -27,6 +27,22 @@ pub struct Predictions {
     pub labels: Vec<usize>,
     /// Softmax over the model's classes, one row per photo.
     pub probabilities: Vec<Vec<f32>>,
+    /// The network's raw outputs, one row per photo; empty when only probabilities are known.
+    pub logits: Vec<Vec<f32>>,
+}
+
+/// How calibrated the scores were, and what the model's calibration changed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CalibrationFigures {
+    /// Expected calibration error of the plain softmax scores.
+    pub ece_uncalibrated: f64,
+    /// The model's temperature, and the error of its scores with it; `None` for a model
+    /// without calibration.
+    pub temperature: Option<f32>,
+    pub ece_calibrated: Option<f64>,
+    /// Share of these photos the "unknown" detector rejected (they are all of the classes, so
+    /// every rejection is a false one); `None` without a detector.
+    pub rejected_as_unknown: Option<f64>,
 }
 
 /// Which photos of a dataset to evaluate on.
@@ -77,6 +93,8 @@ pub struct EvalReport {
     pub worst_mistakes: Vec<PhotoPrediction>,
     /// Every photo's answer, in evaluation order: the photos behind each cell of `confusion`.
     pub predictions: Vec<PhotoPrediction>,
+    /// Calibration error before and after the model's temperature.
+    pub calibration: CalibrationFigures,
     pub bad_files: Vec<SkippedFile>,
 }
 
@@ -114,7 +132,41 @@ impl EvalReport {
         classes: &[String],
         predictions: &Predictions,
         bad_files: Vec<SkippedFile>,
+        calibration: Option<&Calibration>,
     ) -> Self {
+        // Scores as the model serves them: at its temperature when it has one.
+        let calibrated: Option<(Vec<Vec<f32>>, Vec<bool>)> = calibration
+            .filter(|_| predictions.logits.len() == predictions.labels.len())
+            .map(|calibration| {
+                predictions
+                    .logits
+                    .iter()
+                    .map(|row| {
+                        let (probabilities, unknown) = calibration.apply(row);
+                        (probabilities, unknown.is_some_and(|(rejected, _)| rejected))
+                    })
+                    .unzip()
+            });
+        let figures = CalibrationFigures {
+            ece_uncalibrated: expected_calibration_error(
+                &predictions.probabilities,
+                &predictions.labels,
+                ECE_BINS,
+            ),
+            temperature: calibrated.as_ref().and(calibration.map(|c| c.temperature)),
+            ece_calibrated: calibrated
+                .as_ref()
+                .map(|(rows, _)| expected_calibration_error(rows, &predictions.labels, ECE_BINS)),
+            rejected_as_unknown: calibrated
+                .as_ref()
+                .filter(|_| calibration.is_some_and(|c| c.unknown.is_some()))
+                .map(|(_, rejected)| {
+                    ratio(rejected.iter().filter(|&&r| r).count(), rejected.len())
+                }),
+        };
+        let probabilities = calibrated
+            .as_ref()
+            .map_or(&predictions.probabilities, |(rows, _)| rows);
         let n = classes.len();
         let top_k = n.min(5);
         let mut confusion = vec![vec![0usize; n]; n];
@@ -124,7 +176,7 @@ impl EvalReport {
             .ids
             .iter()
             .zip(&predictions.labels)
-            .zip(&predictions.probabilities)
+            .zip(probabilities)
         {
             let predicted = argmax(row);
             if let Some(cell) = confusion.get_mut(label).and_then(|r| r.get_mut(predicted)) {
@@ -197,6 +249,7 @@ impl EvalReport {
             confusion,
             worst_mistakes: mistakes,
             predictions: answers,
+            calibration: figures,
             bad_files,
         }
     }
@@ -226,36 +279,38 @@ pub fn predict(model: &Classifier, loader: &Loader, device: &Device) -> Result<P
             TensorData::new(images.to_vec(), [batch, 3, size, size]),
             device,
         );
-        softmax(model.forward(images), 1)
+        model
+            .forward(images)
             .into_data()
             .try_to_vec::<f32>()
             .map_err(|e| TrainError::Invalid(format!("unexpected model output: {e:?}")))
     })
 }
 
-/// Runs any network over `loader`: `probabilities(images, batch, side)` returns the softmax rows
-/// of one batch of preprocessed images. Blocks: call it off the async runtime.
+/// Runs any network over `loader`: `logits(images, batch, side)` returns the output rows of one
+/// batch of preprocessed images. Blocks: call it off the async runtime.
 pub fn predict_with(
     loader: &Loader,
-    mut probabilities: impl FnMut(&[f32], usize, usize) -> Result<Vec<f32>>,
+    mut logits: impl FnMut(&[f32], usize, usize) -> Result<Vec<f32>>,
 ) -> Result<Predictions> {
     let mut predictions = Predictions::default();
     for batch in loader.epoch(0) {
         let size = batch.image_size as usize;
-        let rows = probabilities(&batch.images, batch.len(), size)?;
+        let rows = logits(&batch.images, batch.len(), size)?;
         let classes = rows.len() / batch.len().max(1);
         for (row, &index) in rows.chunks(classes.max(1)).zip(&batch.samples) {
             let sample = &loader.samples()[index];
             predictions.ids.push(sample.id.clone());
             predictions.labels.push(sample.label);
-            predictions.probabilities.push(row.to_vec());
+            predictions.probabilities.push(softmax_at(row, 1.0));
+            predictions.logits.push(row.to_vec());
         }
     }
     Ok(predictions)
 }
 
 /// Evaluates `weights` of `architecture` on `samples`, whose labels must already be indices into
-/// `metadata.classes`.
+/// `metadata.classes`, with the scores at `metadata`'s calibration.
 pub(crate) async fn evaluate_weights(
     architecture: &ArchitectureConfig,
     weights: Vec<u8>,
@@ -265,6 +320,28 @@ pub(crate) async fn evaluate_weights(
     stores: Vec<Store>,
     cache: Option<ImageCache>,
 ) -> Result<EvalReport> {
+    let (predictions, bad_files) =
+        predict_weights(architecture, weights, metadata, samples, stores, cache).await?;
+    Ok(EvalReport::from_predictions(
+        &metadata.name,
+        &metadata.version,
+        dataset_url,
+        &metadata.classes,
+        &predictions,
+        bad_files,
+        metadata.calibration.as_ref(),
+    ))
+}
+
+/// What `weights` of `architecture` say about `samples`, and the photos that could not be read.
+pub(crate) async fn predict_weights(
+    architecture: &ArchitectureConfig,
+    weights: Vec<u8>,
+    metadata: &ModelMetadata,
+    samples: Vec<Sample>,
+    stores: Vec<Store>,
+    cache: Option<ImageCache>,
+) -> Result<(Predictions, Vec<SkippedFile>)> {
     let loader = eval_loader(metadata, samples, stores, cache);
     let architecture = architecture.clone();
     let classes = metadata.classes.len();
@@ -277,14 +354,7 @@ pub(crate) async fn evaluate_weights(
     })
     .await
     .map_err(|e| TrainError::Invalid(format!("evaluation thread failed: {e}")))??;
-    Ok(EvalReport::from_predictions(
-        &metadata.name,
-        &metadata.version,
-        dataset_url,
-        &metadata.classes,
-        &predictions,
-        loader.bad_files(),
-    ))
+    Ok((predictions, loader.bad_files()))
 }
 
 /// Evaluates the model at `model_url` (`<root>/<name>[/<version>|/latest]`) on `data`.
@@ -391,6 +461,7 @@ mod tests {
             ids: rows.iter().map(|r| r.0.to_string()).collect(),
             labels: rows.iter().map(|r| r.1).collect(),
             probabilities: rows.iter().map(|r| r.2.to_vec()).collect(),
+            ..Default::default()
         }
     }
 
@@ -400,8 +471,15 @@ mod tests {
 
     #[test]
     fn counts_confusion_precision_recall_and_f1() {
-        let report =
-            EvalReport::from_predictions("m", "v1", "data", &classes(), &predictions(), vec![]);
+        let report = EvalReport::from_predictions(
+            "m",
+            "v1",
+            "data",
+            &classes(),
+            &predictions(),
+            vec![],
+            None,
+        );
         assert_eq!(report.images, 6);
         assert_eq!(
             report.confusion,
@@ -462,8 +540,10 @@ mod tests {
                 vec![0.3, 0.2, 0.15, 0.12, 0.11, 0.07, 0.05],
                 vec![0.4, 0.1, 0.05, 0.025, 0.015, 0.01, 0.4],
             ],
+            ..Default::default()
         };
-        let report = EvalReport::from_predictions("m", "v", "d", &classes, &predictions, vec![]);
+        let report =
+            EvalReport::from_predictions("m", "v", "d", &classes, &predictions, vec![], None);
         assert_eq!(report.top_k, 5);
         assert!(close(report.top1, 0.0));
         assert!(close(report.top5, 0.5));
@@ -483,11 +563,58 @@ mod tests {
             &classes(),
             &Predictions::default(),
             vec![],
+            None,
         );
         assert_eq!(report.images, 0);
         assert_eq!(report.top1, 0.0);
         assert_eq!(report.macro_f1, 0.0);
         assert!(report.worst_mistakes.is_empty());
         serde_json::to_string(&report).unwrap();
+    }
+
+    #[test]
+    fn the_models_calibration_sets_the_scores_and_the_report_says_what_it_changed() {
+        // Timid logits: right three times in four, scored far below that.
+        let logits: Vec<Vec<f32>> = (0..40)
+            .map(|i| {
+                let mut row = vec![0.0f32; 3];
+                let winner = if i % 4 == 0 { (i + 1) % 3 } else { i % 3 };
+                row[winner] = 0.5 + i as f32 * 0.01;
+                row
+            })
+            .collect();
+        let labels: Vec<usize> = (0..40).map(|i| i % 3).collect();
+        let predictions = Predictions {
+            ids: (0..40).map(|i| format!("p{i}")).collect(),
+            probabilities: logits.iter().map(|row| softmax_at(row, 1.0)).collect(),
+            labels: labels.clone(),
+            logits: logits.clone(),
+        };
+        let calibration = bestiary_model::calibration::fit(&logits, &labels, 0.97).unwrap();
+        let plain =
+            EvalReport::from_predictions("m", "v", "d", &classes(), &predictions, vec![], None);
+        let report = EvalReport::from_predictions(
+            "m",
+            "v",
+            "d",
+            &classes(),
+            &predictions,
+            vec![],
+            Some(&calibration),
+        );
+        assert_eq!(plain.calibration.temperature, None);
+        assert_eq!(
+            report.top1, plain.top1,
+            "a temperature never changes the ranking"
+        );
+        let after = report.calibration.ece_calibrated.unwrap();
+        assert!(
+            after < report.calibration.ece_uncalibrated,
+            "{:?}",
+            report.calibration
+        );
+        assert!(report.predictions[1].score > plain.predictions[1].score);
+        let rejected = report.calibration.rejected_as_unknown.unwrap();
+        assert!(rejected <= 0.05, "{rejected}");
     }
 }

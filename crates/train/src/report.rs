@@ -133,6 +133,29 @@ pub fn render_html(report: &EvalReport, history: &[EpochMetrics]) -> String {
     }
     html.push_str("</table>");
 
+    html.push_str("<h2>Calibration</h2>");
+    let figures = &report.calibration;
+    let _ = write!(
+        html,
+        "<p>Expected calibration error ({} bins) of the plain scores: {:.3}",
+        bestiary_model::calibration::ECE_BINS,
+        figures.ece_uncalibrated
+    );
+    match (figures.temperature, figures.ece_calibrated) {
+        (Some(t), Some(ece)) => {
+            let _ = write!(html, "; at the fitted temperature {t:.3}: {ece:.3}.");
+        }
+        _ => html.push_str("; this model has no fitted temperature."),
+    }
+    if let Some(rejected) = figures.rejected_as_unknown {
+        let _ = write!(
+            html,
+            " The \"unknown\" detector rejects {} of these photos (all of the classes).",
+            percent(rejected)
+        );
+    }
+    html.push_str("</p>");
+
     html.push_str("<h2>Most confident mistakes</h2>");
     if report.worst_mistakes.is_empty() {
         html.push_str("<p class=\"empty\">No mistakes.</p>");
@@ -441,13 +464,15 @@ mod tests {
             ids: vec!["a\"<script>.jpg".into(), "b.jpg".into()],
             labels: vec![0, 1],
             probabilities: vec![vec![0.2, 0.8], vec![0.1, 0.9]],
+            ..Default::default()
         };
         let bad = vec![SkippedFile {
             id: "<evil>.png".into(),
             code: "corrupt".into(),
             reason: "truncated".into(),
         }];
-        let report = EvalReport::from_predictions("m", "v", "data", &classes, &predictions, bad);
+        let report =
+            EvalReport::from_predictions("m", "v", "data", &classes, &predictions, bad, None);
         let history = vec![EpochMetrics {
             epoch: 0,
             train_loss: 1.0,

@@ -18,9 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::arch::{ArchitectureConfig, Classifier, param_ids, with_param_ids};
 use crate::config::{OptimizerKind, TrainConfig};
-use crate::eval::evaluate_weights;
+use crate::eval::{EvalReport, predict_weights};
 use crate::export::export_onnx;
 use crate::report::render_html;
+use bestiary_model::calibration::{self, DEFAULT_ACCEPTANCE};
 
 /// Crop kept by the evaluation transform (the usual 224/256).
 pub const CROP_FRACTION: f32 = 0.875;
@@ -397,18 +398,40 @@ pub(crate) async fn store_version(
                 .insert("validation_accuracy".into(), accuracy);
         }
     }
-    // The best model's evaluation on the validation photos, in the version it describes.
+    // The best model's evaluation on the validation photos, in the version it describes, with
+    // the temperature and the "unknown" threshold fitted on those photos' logits.
     if !dataset.validation.is_empty() {
-        let report = evaluate_weights(
+        let (predictions, unreadable) = predict_weights(
             &state.config.architecture,
             best_weights.clone(),
             &metadata,
-            &dataset.url,
             dataset.validation.clone(),
             dataset.stores.clone(),
             cache.clone(),
         )
         .await?;
+        metadata.calibration =
+            calibration::fit(&predictions.logits, &predictions.labels, DEFAULT_ACCEPTANCE);
+        let report = EvalReport::from_predictions(
+            &metadata.name,
+            &metadata.version,
+            &dataset.url,
+            &metadata.classes,
+            &predictions,
+            unreadable,
+            metadata.calibration.as_ref(),
+        );
+        if let Some(calibration) = &metadata.calibration {
+            metadata
+                .metrics
+                .insert("temperature".into(), f64::from(calibration.temperature));
+            metadata
+                .metrics
+                .insert("validation_ece_uncalibrated".into(), calibration.ece_before);
+            metadata
+                .metrics
+                .insert("validation_ece".into(), calibration.ece_after);
+        }
         version
             .put("report.html", render_html(&report, &state.history))
             .await?;

@@ -4,7 +4,6 @@ use std::fmt::Write;
 use std::process::ExitCode;
 
 use bestiary_dataset::{Dataset, ImageCache};
-use bestiary_engine::prediction::softmax;
 use bestiary_engine::{EngineKind, EngineOptions, builtin};
 use bestiary_storage::{Store, StoreOptions};
 use bestiary_train::eval::{eval_loader, eval_samples, predict_with, training_history};
@@ -101,7 +100,8 @@ async fn evaluate_in_engine(
                 .engine
                 .infer(images, batch)
                 .map_err(|e| TrainError::Invalid(e.to_string()))?;
-            Ok(logits.chunks(classes).flat_map(softmax).collect())
+            debug_assert_eq!(logits.len(), batch * classes);
+            Ok(logits)
         })
     })
     .await??;
@@ -112,6 +112,7 @@ async fn evaluate_in_engine(
         &model.metadata.classes,
         &predictions,
         loader.bad_files(),
+        model.metadata.calibration.as_ref(),
     ))
 }
 
@@ -132,6 +133,22 @@ fn summary(report: &EvalReport) -> String {
     let _ = writeln!(text, "Top-1     {:.1}%", report.top1 * 100.0);
     let _ = writeln!(text, "Top-{}     {:.1}%", report.top_k, report.top5 * 100.0);
     let _ = writeln!(text, "Macro F1  {:.3}", report.macro_f1);
+    let figures = &report.calibration;
+    let _ = match (figures.temperature, figures.ece_calibrated) {
+        (Some(t), Some(ece)) => writeln!(
+            text,
+            "ECE       {:.3} plain, {ece:.3} at temperature {t:.3}",
+            figures.ece_uncalibrated
+        ),
+        _ => writeln!(
+            text,
+            "ECE       {:.3} (no fitted temperature)",
+            figures.ece_uncalibrated
+        ),
+    };
+    if let Some(rejected) = figures.rejected_as_unknown {
+        let _ = writeln!(text, "Unknown   {:.1}% rejected", rejected * 100.0);
+    }
 
     let width = report
         .classes

@@ -47,12 +47,19 @@ pub struct ImageTiming {
 pub struct ImagePrediction {
     /// The file name, URI, or `#<position>` of the image in the request.
     pub image: String,
-    /// The most probable label.
+    /// The most probable label, or `unknown` when the model's detector rejects the photo.
     pub label: String,
-    /// Its probability.
+    /// The most probable class's probability (calibrated when the model has a temperature).
     pub score: f32,
-    /// The `top_k` most probable labels, most probable first.
+    /// The `top_k` most probable labels, most probable first (the ranking stays for an unknown
+    /// photo).
     pub top_k: Vec<LabelScore>,
+    /// Whether the photo is none of the model's classes (absent for a model without a detector).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<bool>,
+    /// The detector's score: higher is more like the training photos.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_score: Option<f32>,
     /// Name of the model that answered.
     pub model: String,
     /// Its version.
@@ -168,6 +175,8 @@ impl ClassifyResponse {
                             score: s.score,
                         })
                         .collect(),
+                    unknown: prediction.unknown,
+                    unknown_score: prediction.unknown_score,
                     model: model.name().to_string(),
                     version: model.version().to_string(),
                     width: image.size.map(|(w, _)| w),

@@ -212,7 +212,14 @@ pub struct Invocation {
     /// Probability of every label, in the order of `labels`.
     pub prediction: Vec<f32>,
     pub labels: Vec<String>,
+    /// The most probable label, or `unknown` when the model's detector rejects the photo.
     pub predicted_label: String,
+    /// Whether the photo is none of the model's classes (absent for a model without a detector).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<bool>,
+    /// The detector's score: higher is more like the training photos.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_score: Option<f32>,
 }
 
 /// Batch transform settings SageMaker asks for before sending records.
@@ -292,6 +299,8 @@ pub async fn invocations(
             prediction: image.classified.prediction.probabilities.clone(),
             labels: labels.clone(),
             predicted_label: image.classified.prediction.label.clone(),
+            unknown: image.classified.prediction.unknown,
+            unknown_score: image.classified.prediction.unknown_score,
         })
         .collect();
     if wants_lines || kind == BodyKind::JsonLines {
