@@ -235,6 +235,9 @@ pub struct BulkConfig {
     pub top_k: usize,
     /// Below this score the label becomes [`UNCERTAIN_LABEL`].
     pub min_score: Option<f32>,
+    /// A photo the model's detector rejects keeps its best class as the label instead of
+    /// `unknown` (its `unknown` field says so either way).
+    pub keep_label_when_unknown: bool,
     /// `<url>/{label}/`: each photo is copied to `{label}` replaced by its label, under its key.
     pub copy_to: Option<String>,
     /// Writes the label as this S3 object tag on each photo.
@@ -265,6 +268,7 @@ impl BulkConfig {
             concurrency: 64,
             top_k: 5,
             min_score: None,
+            keep_label_when_unknown: false,
             copy_to: None,
             tag_key: None,
             format: OutputFormat::Jsonl,

@@ -19,6 +19,9 @@ pub enum EndpointAnswer {
         label: String,
         score: f32,
         top_k: Vec<LabelScore>,
+        /// The model's "unknown" verdict and score, when it has a detector.
+        unknown: Option<bool>,
+        unknown_score: Option<f32>,
         /// The model version that answered, when the endpoint says.
         model: Option<ModelIdentity>,
         width: Option<u32>,
@@ -62,6 +65,10 @@ struct NativePrediction {
     label: String,
     score: f32,
     top_k: Vec<LabelScore>,
+    #[serde(default)]
+    unknown: Option<bool>,
+    #[serde(default)]
+    unknown_score: Option<f32>,
     model: String,
     version: String,
     width: Option<u32>,
@@ -84,6 +91,10 @@ struct Invocation {
     prediction: Vec<f32>,
     labels: Vec<String>,
     predicted_label: String,
+    #[serde(default)]
+    unknown: Option<bool>,
+    #[serde(default)]
+    unknown_score: Option<f32>,
 }
 
 #[derive(Deserialize)]
@@ -200,6 +211,8 @@ impl EndpointClient {
                     label: prediction.label,
                     score: prediction.score,
                     top_k: prediction.top_k,
+                    unknown: prediction.unknown,
+                    unknown_score: prediction.unknown_score,
                     model: Some(ModelIdentity {
                         name: prediction.model,
                         version: prediction.version,
@@ -224,15 +237,19 @@ impl EndpointClient {
                     .map(|(label, score)| LabelScore { label, score })
                     .collect();
                 ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
+                // An `unknown` label is none of the classes: its score is the best class's.
                 let score = ranked
                     .iter()
                     .find(|s| s.label == invocation.predicted_label)
+                    .or(ranked.first())
                     .map_or(0.0, |s| s.score);
                 ranked.truncate(self.top_k);
                 Ok(EndpointAnswer::Classified {
                     label: invocation.predicted_label,
                     score,
                     top_k: ranked,
+                    unknown: invocation.unknown,
+                    unknown_score: invocation.unknown_score,
                     model: None,
                     width: None,
                     height: None,

@@ -51,6 +51,10 @@ pub struct RunSpec {
     pub include: Vec<String>,
     pub exclude: Vec<String>,
     pub min_score: Option<f32>,
+    /// Photos the model's detector rejects keep their best class as the label. Left out of
+    /// the hash when off, so runs from before the option keep their folders.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_label_when_unknown: bool,
     pub top_k: usize,
     pub format: OutputFormat,
     /// How many shards the keys are split into.
@@ -580,6 +584,7 @@ mod tests {
             include: vec![],
             exclude: vec![],
             min_score: None,
+            keep_label_when_unknown: false,
             top_k: 5,
             format: OutputFormat::Jsonl,
             shards: 1,
@@ -594,6 +599,8 @@ mod tests {
             size: 1,
             label: label.map(str::to_owned),
             score: label.map(|_| 0.9),
+            unknown: None,
+            unknown_score: None,
             top_k: vec![],
             model: "animals".into(),
             model_version: "v".into(),

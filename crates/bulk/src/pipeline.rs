@@ -39,6 +39,7 @@ pub struct Pipeline {
     pub actions: Option<Actions>,
     pub identity: ModelIdentity,
     pub min_score: Option<f32>,
+    pub keep_label_when_unknown: bool,
     pub concurrency: usize,
     pub max_object_bytes: u64,
     pub progress: Arc<Progress>,
@@ -246,6 +247,7 @@ impl Pipeline {
                         prediction.label,
                         prediction.score,
                         top_k,
+                        (prediction.unknown, prediction.unknown_score),
                         None,
                         (Some(image.width), Some(image.height)),
                     )
@@ -260,10 +262,20 @@ impl Pipeline {
                     label,
                     score,
                     top_k,
+                    unknown,
+                    unknown_score,
                     model,
                     width,
                     height,
-                } => self.labelled(info, label, score, top_k, model, (width, height)),
+                } => self.labelled(
+                    info,
+                    label,
+                    score,
+                    top_k,
+                    (unknown, unknown_score),
+                    model,
+                    (width, height),
+                ),
                 EndpointAnswer::Rejected { code, message } => self.failed(info, &code, message),
             },
         };
@@ -279,10 +291,17 @@ impl Pipeline {
         label: String,
         score: f32,
         top_k: Vec<LabelScore>,
+        (unknown, unknown_score): (Option<bool>, Option<f32>),
         model: Option<ModelIdentity>,
         (width, height): (Option<u32>, Option<u32>),
     ) -> ResultRecord {
-        let uncertain = self.min_score.is_some_and(|min| score < min);
+        let rejected = unknown == Some(true);
+        // "unknown" says more than "uncertain": the photo is none of the classes.
+        let uncertain = !rejected && self.min_score.is_some_and(|min| score < min);
+        let label = match top_k.first() {
+            Some(best) if rejected && self.keep_label_when_unknown => best.label.clone(),
+            _ => label,
+        };
         let model = model.unwrap_or_else(|| self.identity.clone());
         ResultRecord {
             url: self.input.url_of(&info.key),
@@ -295,6 +314,8 @@ impl Pipeline {
                 label
             }),
             score: Some(score),
+            unknown,
+            unknown_score,
             top_k,
             model: model.name,
             model_version: model.version,
@@ -313,6 +334,8 @@ impl Pipeline {
             size: info.size,
             label: None,
             score: None,
+            unknown: None,
+            unknown_score: None,
             top_k: Vec::new(),
             model: self.identity.name.clone(),
             model_version: self.identity.version.clone(),

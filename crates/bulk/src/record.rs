@@ -37,6 +37,13 @@ pub struct ResultRecord {
     pub label: Option<String>,
     /// The most probable label's probability.
     pub score: Option<f32>,
+    /// Whether the model's detector found the photo none of its classes (then `label` is
+    /// `unknown`); null for a model without one.
+    #[serde(default)]
+    pub unknown: Option<bool>,
+    /// The detector's score: higher is more like the training photos.
+    #[serde(default)]
+    pub unknown_score: Option<f32>,
     /// The most probable labels, best first (the model's own ranking, even when `label` is
     /// `uncertain`).
     pub top_k: Vec<LabelScore>,
@@ -69,7 +76,7 @@ pub enum Outcome<'a> {
 }
 
 /// The columns of CSV parts.
-pub const CSV_HEADER: [&str; 14] = [
+pub const CSV_HEADER: [&str; 16] = [
     "key",
     "url",
     "etag",
@@ -84,6 +91,8 @@ pub const CSV_HEADER: [&str; 14] = [
     "error_code",
     "error_message",
     "classified_at",
+    "unknown",
+    "unknown_score",
 ];
 
 /// Appends `record` to `out` as one line of `format`; CSV's `top_k` is `label:score` pairs
@@ -116,6 +125,8 @@ pub fn encode(record: &ResultRecord, format: OutputFormat, out: &mut Vec<u8>) {
                 optional(record.error.as_ref().map(|e| e.code.clone())),
                 optional(record.error.as_ref().map(|e| e.message.clone())),
                 record.classified_at.clone(),
+                optional(record.unknown.map(|u| u.to_string())),
+                optional(record.unknown_score.map(|s| s.to_string())),
             ];
             write_csv_row(&row, out);
         }
@@ -200,6 +211,8 @@ mod tests {
             size: 12,
             label: (!error).then(|| "cat".to_owned()),
             score: (!error).then_some(0.75),
+            unknown: (!error).then_some(false),
+            unknown_score: (!error).then_some(4.5),
             top_k: if error {
                 vec![]
             } else {

@@ -596,6 +596,11 @@ pub struct ServeArgs {
     #[arg(long, env = "BESTIARY_TOP_K", default_value_t = 5)]
     pub top_k: usize,
 
+    /// A photo the model's "unknown" detector rejects keeps its most probable class as the
+    /// `label` instead of `unknown`; `unknown: true` says so either way.
+    #[arg(long, env = "BESTIARY_KEEP_LABEL_WHEN_UNKNOWN")]
+    pub keep_label_when_unknown: bool,
+
     /// Price of one vCPU-hour in USD, for the cost figures of /v1/usage and /metrics; the
     /// default is an ml.m5.xlarge real-time endpoint's on-demand price in us-east-1 (USD 0.23
     /// an hour for 4 vCPUs).
@@ -778,6 +783,11 @@ pub struct BulkArgs {
     /// model's guesses.
     #[arg(long, env = "BESTIARY_MIN_SCORE")]
     pub min_score: Option<f32>,
+
+    /// A photo the model's "unknown" detector rejects keeps its most probable class as the
+    /// label (and `--copy-to` folder) instead of `unknown`; its `unknown` field says so either way.
+    #[arg(long, env = "BESTIARY_KEEP_LABEL_WHEN_UNKNOWN")]
+    pub keep_label_when_unknown: bool,
 
     /// Copy each classified photo to this URL with `{label}` replaced by its label, under its
     /// own key: `s3://bucket/sorted/{label}/`.

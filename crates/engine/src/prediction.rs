@@ -139,4 +139,38 @@ mod tests {
         assert_eq!(p.label, "cat");
         assert_eq!(p.top_k[1].label, "dog");
     }
+
+    #[test]
+    fn a_calibrated_prediction_uses_the_temperature_and_says_unknown() {
+        let calibration = Calibration {
+            temperature: 0.5,
+            ece_before: 0.0,
+            ece_after: 0.0,
+            nll_before: 0.0,
+            nll_after: 0.0,
+            photos: 100,
+            unknown: Some(bestiary_model::UnknownDetector {
+                method: "energy".into(),
+                threshold: 2.0,
+                acceptance: 0.97,
+            }),
+        };
+        let plain = Prediction::from_logits(&[0.1, 2.5, 1.0], &classes(), 3);
+        let sharp =
+            Prediction::calibrated(&[0.1, 2.5, 1.0], &classes(), 3, Some(&calibration), true);
+        assert_eq!(sharp.label, "dog");
+        assert!(sharp.score > plain.score, "a temperature below 1 sharpens");
+        assert_eq!(sharp.unknown, Some(false));
+        assert_eq!((plain.unknown, plain.unknown_score), (None, None));
+
+        // Low logits everywhere: none of the classes.
+        let flat = [-1.0, -0.8, -1.2];
+        let rejected = Prediction::calibrated(&flat, &classes(), 2, Some(&calibration), true);
+        assert_eq!(rejected.label, UNKNOWN_LABEL);
+        assert_eq!(rejected.unknown, Some(true));
+        assert_eq!(rejected.top_k[0].label, "dog", "the ranking stays");
+        assert!(rejected.unknown_score.unwrap() < 2.0);
+        let kept = Prediction::calibrated(&flat, &classes(), 2, Some(&calibration), false);
+        assert_eq!((kept.label.as_str(), kept.unknown), ("dog", Some(true)));
+    }
 }

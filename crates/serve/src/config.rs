@@ -48,6 +48,8 @@ pub struct ServeConfig {
     pub decode_limits: DecodeLimits,
     /// `top_k` when the request does not say.
     pub default_top_k: usize,
+    /// A photo the model's detector rejects keeps its best class as the label (not `unknown`).
+    pub keep_label_when_unknown: bool,
     /// SageMaker batch-transform settings from the environment (none outside SageMaker).
     pub sagemaker_batch: crate::routes::sagemaker::BatchEnvironment,
 }
@@ -78,6 +80,7 @@ impl Default for ServeConfig {
                 ..DecodeLimits::default()
             },
             default_top_k: 5,
+            keep_label_when_unknown: false,
             sagemaker_batch: Default::default(),
         }
     }

@@ -142,6 +142,8 @@ pub struct ModelManager {
     reloading: tokio::sync::Mutex<()>,
     /// An operator chose a version other than `latest`: polls leave it serving.
     pinned: std::sync::atomic::AtomicBool,
+    /// `--keep-label-when-unknown`, applied to every version loaded.
+    keep_label_when_unknown: bool,
 }
 
 impl ModelManager {
@@ -154,7 +156,15 @@ impl ModelManager {
             limits,
             reloading: tokio::sync::Mutex::new(()),
             pinned: std::sync::atomic::AtomicBool::new(false),
+            keep_label_when_unknown: false,
         }
+    }
+
+    /// Photos the detector rejects keep their best class as the label, in every version.
+    #[must_use]
+    pub fn keeping_labels_of_unknown(mut self, keep: bool) -> Self {
+        self.keep_label_when_unknown = keep;
+        self
     }
 
     /// Whether an operator pinned a version, so that the `latest` pointer is not followed.
@@ -350,6 +360,7 @@ impl ModelManager {
     }
 
     async fn warm(&self, model: LoadedModel) -> Result<Arc<ServedModel>, EngineError> {
+        let model = model.keeping_labels_of_unknown(self.keep_label_when_unknown);
         let served = Arc::new(ServedModel::new(model, &self.limits));
         let warming = served.clone();
         tokio::task::spawn_blocking(move || warming.model.warm_up())

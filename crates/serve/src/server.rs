@@ -68,7 +68,8 @@ impl Server {
             usage.clone(),
         )?;
         let uris = UriReader::open(&config.bucket, &config.store)?;
-        let models = ModelManager::new(engine, config.store.clone(), config.decode_limits.clone());
+        let models = ModelManager::new(engine, config.store.clone(), config.decode_limits.clone())
+            .keeping_labels_of_unknown(config.keep_label_when_unknown);
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .map_err(|source| ServeError::Bind {

@@ -375,3 +375,85 @@ async fn csv_parts_and_globs() {
         ]
     );
 }
+
+/// A model whose "unknown" detector rejects every photo (its threshold is above any score):
+/// each record says `unknown`, `--copy-to` files the photos under `unknown/`, and
+/// `--keep-label-when-unknown` keeps the class as the label (in a run folder of its own).
+#[tokio::test]
+async fn photos_the_detector_rejects_are_labelled_and_filed_as_unknown() {
+    use crate::common::model_parts::{self, Parts};
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    let local = Store::open(input.to_str().unwrap(), &StoreOptions::default()).unwrap();
+    let uploaded = upload_photos(&local, 2, "u").await;
+    let models = dir.path().join("models");
+    let mut metadata = model_parts::parts().metadata.clone();
+    metadata.calibration = Some(bestiary_model::Calibration {
+        temperature: 1.0,
+        ece_before: 0.0,
+        ece_after: 0.0,
+        nll_before: 0.0,
+        nll_after: 0.0,
+        photos: 30,
+        unknown: Some(bestiary_model::UnknownDetector {
+            method: "energy".into(),
+            threshold: f32::MAX,
+            acceptance: 0.97,
+        }),
+    });
+    let parts = Parts {
+        metadata,
+        onnx: model_parts::parts().onnx.clone(),
+        weights: model_parts::parts().weights.clone(),
+    };
+    model_parts::save(&parts, &models, "animals").await;
+    let model_url = format!("{}/animals", models.display());
+    let out = dir.path().join("out").display().to_string();
+    let sorted = dir.path().join("sorted");
+    let mut config = config(
+        input.to_str().unwrap(),
+        &out,
+        Some(&model_url),
+        StoreOptions::default(),
+    );
+    config.copy_to = Some(format!("{}/{{label}}/", sorted.display()));
+    classify(
+        &config,
+        &run_options(),
+        Arc::new(Progress::default()),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let records = results(&out, &StoreOptions::default()).await;
+    assert_eq!(records.len(), uploaded.len());
+    for record in &records {
+        assert_eq!(record.label.as_deref(), Some("unknown"), "{record:?}");
+        assert_eq!(record.unknown, Some(true));
+        assert!(record.unknown_score.is_some());
+        assert!(
+            sorted.join("unknown").join(&record.key).is_file(),
+            "{}",
+            record.key
+        );
+    }
+
+    let kept_out = dir.path().join("kept").display().to_string();
+    let mut config = config.clone();
+    config.out = kept_out.clone();
+    config.copy_to = None;
+    config.keep_label_when_unknown = true;
+    classify(
+        &config,
+        &run_options(),
+        Arc::new(Progress::default()),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    for record in results(&kept_out, &StoreOptions::default()).await {
+        let folder = record.key.split('/').next().unwrap();
+        assert_eq!(record.label.as_deref(), Some(folder), "{record:?}");
+        assert_eq!(record.unknown, Some(true));
+    }
+}

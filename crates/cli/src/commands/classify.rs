@@ -107,6 +107,7 @@ pub fn bulk_config(
     config.concurrency = args.concurrency;
     config.top_k = args.top_k;
     config.min_score = args.min_score;
+    config.keep_label_when_unknown = args.keep_label_when_unknown;
     config.copy_to = args.copy_to.clone();
     config.tag_key = args.tag.then(|| args.tag_key.clone());
     config.format = args.format;

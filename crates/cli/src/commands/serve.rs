@@ -67,6 +67,7 @@ pub async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitC
             ..DecodeLimits::default()
         },
         default_top_k: args.top_k,
+        keep_label_when_unknown: args.keep_label_when_unknown,
         sagemaker_batch: BatchEnvironment::default(),
     };
     // SageMaker hosting: the unpacked model artifact is the model unless --model names one,

@@ -585,7 +585,7 @@ fn outputs(classification: &Classification, wanted: &[Wanted]) -> Vec<InferOutpu
                     name: LABEL_OUTPUT.into(),
                     shape: vec![batch],
                     datatype: "BYTES".into(),
-                    parameters: None,
+                    parameters: unknown_parameters(classification),
                     data: Some(OutputData::Bytes(
                         classification
                             .images
@@ -603,6 +603,30 @@ fn outputs(classification: &Classification, wanted: &[Wanted]) -> Vec<InferOutpu
             }
         })
         .collect()
+}
+
+/// For a model with an "unknown" detector, the `label` output's parameters say which images it
+/// rejected (their label is then `unknown`) and their scores, image by image.
+fn unknown_parameters(classification: &Classification) -> Option<Parameters> {
+    let verdicts: Option<Vec<(bool, f32)>> = classification
+        .images
+        .iter()
+        .map(|image| {
+            let prediction = &image.classified.prediction;
+            prediction.unknown.zip(prediction.unknown_score)
+        })
+        .collect();
+    let verdicts = verdicts?;
+    Some(Parameters::from_iter([
+        (
+            "unknown".to_string(),
+            serde_json::json!(verdicts.iter().map(|v| v.0).collect::<Vec<_>>()),
+        ),
+        (
+            "unknown_score".to_string(),
+            serde_json::json!(verdicts.iter().map(|v| v.1).collect::<Vec<_>>()),
+        ),
+    ]))
 }
 
 /// The `k` most probable classes of one image as `"<probability>:<index>:<label>"`.

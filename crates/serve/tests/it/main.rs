@@ -7,6 +7,7 @@
 mod api;
 mod batcher;
 mod builtin;
+mod calibration;
 mod common;
 mod console;
 mod hot_swap;

@@ -96,6 +96,27 @@ async fn learns_generated_classes_and_stores_a_version() {
         std::fs::read_to_string(out.path().join("tiny").join(version).join("metrics.jsonl"))
             .unwrap();
     assert_eq!(lines.lines().count(), 6);
+
+    // The temperature and the "unknown" threshold are fitted on the validation photos, and
+    // the evaluation says what they changed.
+    assert!(dataset.validation.len() >= bestiary_model::calibration::MIN_FIT_PHOTOS);
+    let calibration = metadata.calibration.expect("a calibration is fitted");
+    assert!(calibration.temperature > 0.0 && calibration.temperature.is_finite());
+    assert!(
+        calibration.ece_after <= calibration.ece_before + 1e-9,
+        "{calibration:?}"
+    );
+    let detector = calibration.unknown.expect("a detector is fitted");
+    assert!(detector.acceptance >= 0.9, "{detector:?}");
+    let eval: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.path().join("tiny").join(version).join("eval.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        eval["calibration"]["temperature"].as_f64().unwrap() as f32,
+        calibration.temperature
+    );
+    assert!(eval["calibration"]["rejected_as_unknown"].as_f64().unwrap() <= 0.1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
