@@ -31,7 +31,8 @@ pub struct Prediction {
     /// Whether the model's detector finds the photo unlike all of its classes; `None` for a
     /// model without one.
     pub unknown: Option<bool>,
-    /// The detector's score (energy: higher is more like the training photos).
+    /// The detector's score (the calibrated top probability, or the energy): higher is more like
+    /// the training photos.
     pub unknown_score: Option<f32>,
 }
 

@@ -1,8 +1,20 @@
 //! Calibrated scores and "none of my classes": a temperature fitted on held-out logits, the
-//! expected calibration error it removes, and an energy-score threshold chosen for a stated
-//! share of in-distribution photos accepted. Stored in `model.json`, applied by every engine.
+//! expected calibration error it removes, and a threshold on the temperature-scaled maximum
+//! softmax probability chosen for a stated share of in-distribution photos accepted. Stored in
+//! `model.json`, applied by every engine.
+//!
+//! Why max-softmax and not the energy score: on the built-in model (10 classes, a linear head
+//! on EfficientNet-Lite0 features), 240 Animals-10 photos against 15 generated non-animal
+//! images (plain colours, noise, stripes, text, gradients) gave an AUROC of 0.992 for the
+//! calibrated max-softmax and 0.937 for the energy score, and at a 97% acceptance threshold
+//! max-softmax rejected 13 of the 15 where energy rejected 4. Energy stays available for models
+//! whose `model.json` names it.
 
 use serde::{Deserialize, Serialize};
+
+/// The detector's score methods.
+pub const MAX_SOFTMAX: &str = "max-softmax";
+pub const ENERGY: &str = "energy";
 
 /// Bins of the expected calibration error (the usual 15 of Guo et al. 2017).
 pub const ECE_BINS: usize = 15;
@@ -30,11 +42,12 @@ pub struct Calibration {
     pub unknown: Option<UnknownDetector>,
 }
 
-/// Rejects photos whose energy score is below a threshold.
+/// Rejects photos whose score is below a threshold.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UnknownDetector {
-    /// `energy`: `T · logsumexp(z / T)` of the logits `z`, the negative free energy (Liu et al.
-    /// 2020). In-distribution photos score high; photos unlike every class score low.
+    /// [`MAX_SOFTMAX`]: the largest probability at the fitted temperature (Hendrycks & Gimpel
+    /// 2017, with temperature scaling); [`ENERGY`]: `T · logsumexp(z / T)` of the logits `z`,
+    /// the negative free energy (Liu et al. 2020). Either way in-distribution photos score high.
     pub method: String,
     /// Photos scoring below this are "unknown".
     pub threshold: f32,
@@ -48,10 +61,21 @@ impl Calibration {
     pub fn apply(&self, logits: &[f32]) -> (Vec<f32>, Option<(bool, f32)>) {
         let probabilities = softmax_at(logits, self.temperature);
         let unknown = self.unknown.as_ref().map(|detector| {
-            let score = energy_score(logits, self.temperature);
+            let score = detector.score(logits, &probabilities, self.temperature);
             (score < detector.threshold, score)
         });
         (probabilities, unknown)
+    }
+}
+
+impl UnknownDetector {
+    /// The detector's score of one photo (its logits, and its probabilities at `temperature`).
+    pub fn score(&self, logits: &[f32], probabilities: &[f32], temperature: f32) -> f32 {
+        if self.method == ENERGY {
+            energy_score(logits, temperature)
+        } else {
+            probabilities.iter().copied().fold(0.0, f32::max)
+        }
     }
 }
 
@@ -151,9 +175,9 @@ pub fn fit_temperature(logits: &[Vec<f32>], labels: &[usize]) -> f32 {
     ((lo + hi) / 2.0).exp() as f32
 }
 
-/// Fits the temperature and the detector on held-out `logits` with their true `labels`;
-/// `None` with fewer than [`MIN_FIT_PHOTOS`] photos. The detector's threshold is the
-/// `1 - acceptance` quantile of the held-out energy scores.
+/// Fits the temperature and the max-softmax detector on held-out `logits` with their true
+/// `labels`; `None` with fewer than [`MIN_FIT_PHOTOS`] photos. The detector's threshold is the
+/// `1 - acceptance` quantile of the held-out scores.
 pub fn fit(logits: &[Vec<f32>], labels: &[usize], acceptance: f64) -> Option<Calibration> {
     if logits.len() < MIN_FIT_PHOTOS || logits.len() != labels.len() {
         return None;
@@ -161,9 +185,10 @@ pub fn fit(logits: &[Vec<f32>], labels: &[usize], acceptance: f64) -> Option<Cal
     let temperature = fit_temperature(logits, labels);
     let probabilities =
         |t: f32| -> Vec<Vec<f32>> { logits.iter().map(|row| softmax_at(row, t)).collect() };
-    let mut scores: Vec<f32> = logits
+    let calibrated = probabilities(temperature);
+    let mut scores: Vec<f32> = calibrated
         .iter()
-        .map(|row| energy_score(row, temperature))
+        .map(|row| row.iter().copied().fold(0.0, f32::max))
         .collect();
     scores.sort_by(f32::total_cmp);
     let acceptance = acceptance.clamp(0.5, 1.0);
@@ -174,12 +199,12 @@ pub fn fit(logits: &[Vec<f32>], labels: &[usize], acceptance: f64) -> Option<Cal
     Some(Calibration {
         temperature,
         ece_before: expected_calibration_error(&probabilities(1.0), labels, ECE_BINS),
-        ece_after: expected_calibration_error(&probabilities(temperature), labels, ECE_BINS),
+        ece_after: expected_calibration_error(&calibrated, labels, ECE_BINS),
         nll_before: negative_log_likelihood(logits, labels, 1.0),
         nll_after: negative_log_likelihood(logits, labels, temperature),
         photos: logits.len(),
         unknown: Some(UnknownDetector {
-            method: "energy".into(),
+            method: MAX_SOFTMAX.into(),
             threshold,
             acceptance: accepted as f64 / scores.len() as f64,
         }),
@@ -228,12 +253,32 @@ mod tests {
         let calibration = fit(&logits, &labels, 0.97).unwrap();
         let detector = calibration.unknown.as_ref().unwrap();
         assert!((detector.acceptance - 0.97).abs() <= 0.02, "{detector:?}");
-        // A photo unlike every class: all logits low and equal.
+        // A photo unlike every class: no class stands out.
         let (probabilities, unknown) = calibration.apply(&[-3.0, -3.0, -3.0]);
         assert_eq!(unknown.map(|(rejected, _)| rejected), Some(true));
         assert!((probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         let (_, known) = calibration.apply(&[5.0, 0.0, 0.0]);
         assert_eq!(known.map(|(rejected, _)| rejected), Some(false));
+    }
+
+    #[test]
+    fn an_energy_detector_scores_the_logits() {
+        let detector = UnknownDetector {
+            method: ENERGY.into(),
+            threshold: 1.0,
+            acceptance: 0.97,
+        };
+        let calibration = Calibration {
+            temperature: 1.0,
+            ece_before: 0.0,
+            ece_after: 0.0,
+            nll_before: 0.0,
+            nll_after: 0.0,
+            photos: 10,
+            unknown: Some(detector),
+        };
+        assert_eq!(calibration.apply(&[-3.0, -3.0]).1.map(|u| u.0), Some(true));
+        assert_eq!(calibration.apply(&[4.0, -3.0]).1.map(|u| u.0), Some(false));
     }
 
     #[test]
