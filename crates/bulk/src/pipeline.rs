@@ -244,12 +244,14 @@ impl Pipeline {
                         .collect();
                     self.labelled(
                         info,
-                        prediction.label,
-                        prediction.score,
-                        top_k,
-                        (prediction.unknown, prediction.unknown_score),
-                        None,
-                        (Some(image.width), Some(image.height)),
+                        Answer {
+                            label: prediction.label,
+                            score: prediction.score,
+                            top_k,
+                            unknown: (prediction.unknown, prediction.unknown_score),
+                            model: None,
+                            size: (Some(image.width), Some(image.height)),
+                        },
                     )
                 }
                 Err(EngineError::Decode(error)) => {
@@ -269,12 +271,14 @@ impl Pipeline {
                     height,
                 } => self.labelled(
                     info,
-                    label,
-                    score,
-                    top_k,
-                    (unknown, unknown_score),
-                    model,
-                    (width, height),
+                    Answer {
+                        label,
+                        score,
+                        top_k,
+                        unknown: (unknown, unknown_score),
+                        model,
+                        size: (width, height),
+                    },
                 ),
                 EndpointAnswer::Rejected { code, message } => self.failed(info, &code, message),
             },
@@ -285,16 +289,15 @@ impl Pipeline {
         Ok(record)
     }
 
-    fn labelled(
-        &self,
-        info: ObjectInfo,
-        label: String,
-        score: f32,
-        top_k: Vec<LabelScore>,
-        (unknown, unknown_score): (Option<bool>, Option<f32>),
-        model: Option<ModelIdentity>,
-        (width, height): (Option<u32>, Option<u32>),
-    ) -> ResultRecord {
+    fn labelled(&self, info: ObjectInfo, answer: Answer) -> ResultRecord {
+        let Answer {
+            label,
+            score,
+            top_k,
+            unknown: (unknown, unknown_score),
+            model,
+            size: (width, height),
+        } = answer;
         let rejected = unknown == Some(true);
         // "unknown" says more than "uncertain": the photo is none of the classes.
         let uncertain = !rejected && self.min_score.is_some_and(|min| score < min);
@@ -348,6 +351,19 @@ impl Pipeline {
             classified_at: record::timestamp(),
         }
     }
+}
+
+/// What the model (local or behind an endpoint) said about one photo.
+struct Answer {
+    label: String,
+    score: f32,
+    top_k: Vec<LabelScore>,
+    /// The detector's verdict and score, for a model with one.
+    unknown: (Option<bool>, Option<f32>),
+    /// The model version that answered, when an endpoint says.
+    model: Option<ModelIdentity>,
+    /// Width and height as decoded, when known.
+    size: (Option<u32>, Option<u32>),
 }
 
 /// How feeding ended.

@@ -108,9 +108,9 @@ impl ModelMetadata {
                 .unknown
                 .as_ref()
                 .is_none_or(|detector| detector.threshold.is_finite());
-            if !(calibration.temperature.is_finite() && calibration.temperature > 0.0)
-                || !threshold_ok
-            {
+            let temperature_ok =
+                calibration.temperature.is_finite() && calibration.temperature > 0.0;
+            if !(temperature_ok && threshold_ok) {
                 return Err(
                     "model.json has an invalid calibration (temperature or unknown threshold)"
                         .into(),
