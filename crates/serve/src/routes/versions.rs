@@ -142,7 +142,7 @@ pub async fn list(
         .versions(&folder_name)
         .await
         .map_err(unreadable)?;
-    // Version names start with their UTC time, so the newest sort last.
+    // Version names start with their UTC time, so the newest sort last (to the second).
     versions.sort();
     versions.reverse();
     versions.truncate(MAX_VERSIONS);
@@ -155,6 +155,15 @@ pub async fn list(
         }
     }
     let latest = repository.latest(&folder_name).await.ok().flatten();
+    // Newest first by commit time; names start with the time only to the second, so within a
+    // second the one `latest` names comes first.
+    let is_latest = |v: &VersionSummary| latest.as_deref() == Some(v.version.as_str());
+    summaries.sort_by(|a, b| {
+        b.created
+            .cmp(&a.created)
+            .then_with(|| is_latest(b).cmp(&is_latest(a)))
+            .then_with(|| b.version.cmp(&a.version))
+    });
     Ok(Json(VersionList {
         name,
         serving,
