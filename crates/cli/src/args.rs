@@ -575,7 +575,8 @@ pub struct ServeArgs {
 
     /// API key clients must send as `Authorization: Bearer <key>` (repeat the flag or separate
     /// keys with commas); /ping, /metrics, /v2/health/* and /docs stay open.
-    #[arg(long, env = "BESTIARY_API_KEY")]
+    // `hide_env_values`: clap would otherwise print the keys set in the environment in --help.
+    #[arg(long, env = "BESTIARY_API_KEY", hide_env_values = true)]
     pub api_key: Vec<String>,
 
     /// A file of API keys, one per line (`#` starts a comment).
@@ -713,7 +714,7 @@ pub struct BulkArgs {
     pub endpoint: Option<String>,
 
     /// API key sent to --endpoint as `Authorization: Bearer <key>`.
-    #[arg(long, env = "BESTIARY_ENDPOINT_API_KEY")]
+    #[arg(long, env = "BESTIARY_ENDPOINT_API_KEY", hide_env_values = true)]
     pub endpoint_api_key: Option<String>,
 
     /// Seconds one --endpoint request may take.

@@ -239,6 +239,29 @@ fn help_lists_every_command() {
 }
 
 #[test]
+fn help_never_prints_api_keys_from_the_environment() {
+    let secret = "hunter2-do-not-print".to_string();
+    for (command, variable) in [
+        ("serve", "BESTIARY_API_KEY"),
+        ("classify", "BESTIARY_ENDPOINT_API_KEY"),
+        ("watch", "BESTIARY_ENDPOINT_API_KEY"),
+    ] {
+        let help = stdout(&bestiary(
+            &[command, "--help"],
+            &[(variable, secret.clone())],
+        ));
+        assert!(
+            help.contains(&format!("[env: {variable}]")),
+            "{command}: {help}"
+        );
+        assert!(
+            !help.contains(&secret),
+            "{command} --help shows the key:\n{help}"
+        );
+    }
+}
+
+#[test]
 fn import_names_the_models_it_knows() {
     let dir = tempfile::tempdir().unwrap();
     let output = bestiary(
