@@ -277,14 +277,7 @@ async fn predict_object(
                 label: prediction.label.clone(),
                 score: prediction.score,
                 unknown: prediction.unknown,
-                top_k: prediction
-                    .top_k
-                    .iter()
-                    .map(|s| LabelScore {
-                        label: s.label.clone(),
-                        score: s.score,
-                    })
-                    .collect(),
+                top_k: LabelScore::ranking(&prediction.top_k),
                 width: image.size.map(|(w, _)| w),
                 height: image.size.map(|(_, h)| h),
             })

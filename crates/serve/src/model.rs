@@ -229,13 +229,7 @@ impl ModelManager {
         }
         let previous = self.current().map(|m| m.version().to_string());
         let version_url = repository.store().url_of(&format!("{name}/{version}"));
-        let loaded = load_model(Some(&version_url), &self.engine, &self.store)
-            .await
-            .map_err(|e| reload_failed(&e.to_string()))?;
-        let served = self
-            .warm(loaded)
-            .await
-            .map_err(|e| reload_failed(&e.to_string()))?;
+        let served = self.load_beside(&version_url).await?;
         let current = served.version().to_string();
         let swapped = previous.as_deref() != Some(current.as_str());
         self.swap_in(served);
@@ -336,13 +330,7 @@ impl ModelManager {
             });
         }
         let version_url = repository.store().url_of(&format!("{name}/{latest}"));
-        let loaded = load_model(Some(&version_url), &self.engine, &self.store)
-            .await
-            .map_err(|e| reload_failed(&e.to_string()))?;
-        let served = self
-            .warm(loaded)
-            .await
-            .map_err(|e| reload_failed(&e.to_string()))?;
+        let served = self.load_beside(&version_url).await?;
         let current = served.version().to_string();
         self.swap_in(served);
         counter!(MODEL_RELOADS, "outcome" => "swapped").increment(1);
@@ -357,6 +345,17 @@ impl ModelManager {
             current,
             swapped: true,
         })
+    }
+
+    /// Loads and warms the version at `version_url` while the current one keeps serving; a
+    /// failure is counted and logged as a failed reload.
+    async fn load_beside(&self, version_url: &str) -> Result<Arc<ServedModel>, ApiError> {
+        let loaded = load_model(Some(version_url), &self.engine, &self.store)
+            .await
+            .map_err(|e| reload_failed(&e.to_string()))?;
+        self.warm(loaded)
+            .await
+            .map_err(|e| reload_failed(&e.to_string()))
     }
 
     async fn warm(&self, model: LoadedModel) -> Result<Arc<ServedModel>, EngineError> {

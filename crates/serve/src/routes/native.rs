@@ -29,6 +29,19 @@ pub struct LabelScore {
     pub score: f32,
 }
 
+impl LabelScore {
+    /// The engine's ranking as the API lists it.
+    pub fn ranking(labels: &[bestiary_engine::prediction::LabelScore]) -> Vec<Self> {
+        labels
+            .iter()
+            .map(|s| Self {
+                label: s.label.clone(),
+                score: s.score,
+            })
+            .collect()
+    }
+}
+
 /// Where one image's time went.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ImageTiming {
@@ -167,14 +180,7 @@ impl ClassifyResponse {
                     image: image.name.clone(),
                     label: prediction.label.clone(),
                     score: prediction.score,
-                    top_k: prediction
-                        .top_k
-                        .iter()
-                        .map(|s| LabelScore {
-                            label: s.label.clone(),
-                            score: s.score,
-                        })
-                        .collect(),
+                    top_k: LabelScore::ranking(&prediction.top_k),
                     unknown: prediction.unknown,
                     unknown_score: prediction.unknown_score,
                     model: model.name().to_string(),
