@@ -125,3 +125,24 @@ def builtin_server(tmp_path_factory):
     with serve(log=log) as base:
         yield base
 
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """The S3 server `.ci/run` started (BESTIARY_TEST_S3_*), else one of our own for this module."""
+    # Imported here: s3_client itself imports this module.
+    from s3_client import S3, SeaweedFs
+
+    found = S3.from_env(dict(os.environ))
+    if found is not None:
+        yield found
+        return
+    binary = ROOT / "target" / "debug" / "seaweedfs"
+    require(
+        binary.is_file(),
+        f"{binary} is missing and BESTIARY_TEST_S3_ENDPOINT is unset: cargo build -p bestiary-testkit --bin seaweedfs",
+    )
+    server = SeaweedFs(binary, tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield server.wait()
+    finally:
+        server.stop()

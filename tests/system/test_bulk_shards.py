@@ -13,39 +13,19 @@ the merge reports the run complete with the total count.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections import Counter
 
 import pytest
 
-from conftest import ROOT, animal_photos, require
+from conftest import animal_photos
+from s3_client import S3
 from containers import Container, bestiary_image, removed_at_exit, run_container  # noqa: F401
-from s3_client import S3, SeaweedFs
 
 SHARDS = 3
 PER_CLASS = 24  # all 240 shared photos: about 80 a shard
 INCOMPLETE = 2  # `classify --merge` when a shard has not finished
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """The S3 server `.ci/run` started (BESTIARY_TEST_S3_*), else one of our own for this module."""
-    found = S3.from_env(dict(os.environ))
-    if found is not None:
-        yield found
-        return
-    binary = ROOT / "target" / "debug" / "seaweedfs"
-    require(
-        binary.is_file(),
-        f"{binary} is missing and BESTIARY_TEST_S3_ENDPOINT is unset: cargo build -p bestiary-testkit --bin seaweedfs",
-    )
-    server = SeaweedFs(binary, tmp_path_factory.mktemp("seaweedfs"))
-    try:
-        yield server.wait()
-    finally:
-        server.stop()
 
 
 def docker_env(s3: S3) -> list[str]:

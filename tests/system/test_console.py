@@ -26,7 +26,6 @@ import pytest
 import requests
 
 from conftest import ROOT, animal_photos, bestiary_bin, require, serve
-from s3_client import S3, SeaweedFs
 
 CHROMIUM = Path(os.environ.get("BESTIARY_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -65,25 +64,6 @@ def page(browser):
     yield tab
     context.close()
     assert not problems, problems
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """The S3 server `.ci/run` started (BESTIARY_TEST_S3_*), else one of our own for this module."""
-    found = S3.from_env(dict(os.environ))
-    if found is not None:
-        yield found
-        return
-    binary = ROOT / "target" / "debug" / "seaweedfs"
-    require(
-        binary.is_file(),
-        f"{binary} is missing and BESTIARY_TEST_S3_ENDPOINT is unset: cargo build -p bestiary-testkit --bin seaweedfs",
-    )
-    server = SeaweedFs(binary, tmp_path_factory.mktemp("seaweedfs"))
-    try:
-        yield server.wait()
-    finally:
-        server.stop()
 
 
 def make_bucket(folder: Path, per_class: int) -> dict[str, Path]:
