@@ -17,8 +17,6 @@ import time
 import uuid
 from collections import Counter
 
-import pytest
-
 from conftest import animal_photos
 from s3_client import S3
 from containers import Container, bestiary_image, removed_at_exit, run_container  # noqa: F401
