@@ -152,6 +152,37 @@ pub fn center_crop_into(
     });
 }
 
+/// Where the evaluation crop lies in an image of `dimensions`: `[left, top, width, height]` in
+/// its pixels, when the image is first shrunk so its shorter side is `shorter_side` (only when
+/// larger, as the loader's `downsize` does) and then given to [`center_crop_into`] with `size`
+/// and `crop_fraction`. Lets a picture drawn from the network's input be laid over the photo.
+pub fn evaluation_crop(
+    (width, height): (u32, u32),
+    shorter_side: u32,
+    size: u32,
+    crop_fraction: f32,
+) -> [f64; 4] {
+    let shrunk = if width.min(height) > shorter_side && shorter_side > 0 {
+        if width <= height {
+            (shorter_side, scale_longer_side(height, width, shorter_side))
+        } else {
+            (scale_longer_side(width, height, shorter_side), shorter_side)
+        }
+    } else {
+        (width, height)
+    };
+    let region = center_region(shrunk, size, crop_fraction);
+    // The shrinking maps the whole image onto the whole shrunk one, axis by axis.
+    let sx = f64::from(width) / f64::from(shrunk.0.max(1));
+    let sy = f64::from(height) / f64::from(shrunk.1.max(1));
+    [
+        region.left * sx,
+        region.top * sy,
+        region.width * sx,
+        region.height * sy,
+    ]
+}
+
 /// Training transform: random resized crop, horizontal flip, colour jitter and normalisation,
 /// written channel-major into `out`.
 ///
@@ -537,6 +568,31 @@ mod tests {
             saturation: 0.0,
             ..AugmentConfig::default()
         }
+    }
+
+    #[test]
+    fn the_evaluation_crop_is_found_in_the_photo() {
+        // Not shrunk: the centre square of side shorter × 48 / round(48 / 0.875) = 48 / 55.
+        let [left, top, width, height] = evaluation_crop((66, 60), 60, 48, 0.875);
+        let side = 60.0 * 48.0 / 55.0;
+        assert!((width - side).abs() < 0.01 && (height - side).abs() < 0.01);
+        assert!(
+            (left - (66.0 - side) / 2.0).abs() < 0.01 && (top - (60.0 - side) / 2.0).abs() < 0.01
+        );
+        // Shrunk to 60 first (300×225 → 80×60): the same square, scaled back.
+        let [left, top, width, height] = evaluation_crop((300, 225), 60, 48, 0.875);
+        let side = 225.0 * 48.0 / 55.0;
+        assert!(
+            (width - side).abs() < 0.2 && (height - side).abs() < 0.2,
+            "{width} {height}"
+        );
+        assert!((left - (300.0 - side) / 2.0).abs() < 0.2, "{left}");
+        assert!((top - (225.0 - side) / 2.0).abs() < 0.2, "{top}");
+        // A whole-image crop of a portrait photo.
+        assert_eq!(
+            evaluation_crop((40, 80), 100, 40, 1.0),
+            [0.0, 20.0, 40.0, 40.0]
+        );
     }
 
     #[test]

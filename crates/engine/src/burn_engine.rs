@@ -11,6 +11,7 @@ use burn::prelude::*;
 
 use crate::engine::{Engine, EngineKind, check_input};
 use crate::error::EngineError;
+use crate::explain::ClassActivation;
 
 const ENGINE: &str = "burn";
 
@@ -115,6 +116,53 @@ impl Engine for BurnEngine {
 
     fn kind(&self) -> EngineKind {
         EngineKind::Burn
+    }
+
+    /// The network's last feature map with its head applied at every position, and the
+    /// logits of `forward` itself (which may add more than the head to them), so that the
+    /// prediction is the one `infer` gives.
+    fn explain(&self, input: &[f32]) -> Result<ClassActivation, EngineError> {
+        let size = self.image_size;
+        check_input(input, 1, 3 * size * size)?;
+        let image = Tensor::<4>::from_data(
+            TensorData::new(input.to_vec(), [1, 3, size, size]),
+            &self.device,
+        );
+        let network = self
+            .network
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let logits = network.forward(image.clone());
+        let map = network.feature_map(image);
+        let [_, channels, height, width] = map.dims();
+        let head = network.head();
+        // [h·w, C] · [C, classes] (+ bias) → [h·w, classes], then classes first.
+        let positions: Tensor<2> = map.reshape([channels, height * width]).transpose();
+        let mut maps = positions.matmul(head.weight.val());
+        if let Some(bias) = &head.bias {
+            maps = maps + bias.val().unsqueeze::<2>();
+        }
+        let maps = maps.transpose();
+        drop(network);
+        let values = |tensor: Tensor<2>| {
+            tensor
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| EngineError::Inference {
+                    engine: ENGINE,
+                    reason: format!("unexpected output: {e:?}"),
+                })
+        };
+        Ok(ClassActivation {
+            logits: values(logits)?,
+            maps: values(maps)?,
+            height,
+            width,
+        })
+    }
+
+    fn explains(&self) -> bool {
+        true
     }
 
     /// Burn pays a fixed cost per call (and on a GPU a launch per layer), which batches

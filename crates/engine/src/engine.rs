@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::EngineError;
+use crate::explain::ClassActivation;
 
 /// Runs a model's network on batches of preprocessed images.
 ///
@@ -31,6 +32,25 @@ pub trait Engine: Send + Sync {
     /// One line for logs: the backend and how it runs (library, threads, device).
     fn describe(&self) -> String {
         self.kind().to_string()
+    }
+
+    /// The logits and class activation maps of one preprocessed image (`input` as for
+    /// [`Engine::infer`] with a batch of one). [`Engine::infer`] never computes the maps, so
+    /// serving pays nothing for them.
+    ///
+    /// # Errors
+    /// [`EngineError::NoClassActivation`] when the model has no maps (a graph exported before
+    /// they existed), which is all an engine without this method can say.
+    fn explain(&self, input: &[f32]) -> Result<ClassActivation, EngineError> {
+        let _ = input;
+        Err(EngineError::NoClassActivation {
+            model: "its graph".to_owned(),
+        })
+    }
+
+    /// Whether [`Engine::explain`] can answer for this model.
+    fn explains(&self) -> bool {
+        false
     }
 }
 

@@ -23,6 +23,16 @@ pub enum EngineError {
     /// The input was not a usable photo.
     #[error("{0}")]
     Decode(#[from] DecodeError),
+    /// The graph lacks the `class_activation` output that explanations read.
+    #[error(
+        "this model version has no class-activation output ({model} was exported before \
+         explanations existed); re-export it with `bestiary export --model …` from its training \
+         folder"
+    )]
+    NoClassActivation { model: String },
+    /// An explanation was asked for a class the model does not have.
+    #[error("the model has no class {label:?}; its classes are {}", .classes.join(", "))]
+    UnknownClass { label: String, classes: Vec<String> },
     #[error("input has {got} floats, expected {expected} ({batch} images of {per_image})")]
     InputShape {
         got: usize,

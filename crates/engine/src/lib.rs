@@ -5,8 +5,10 @@ pub mod builtin;
 pub mod burn_engine;
 pub mod engine;
 pub mod error;
+pub mod explain;
 pub mod model;
 pub mod ort_engine;
+pub mod overlay;
 pub mod prediction;
 pub mod preprocess;
 pub mod tract_engine;
@@ -14,6 +16,7 @@ pub mod usage;
 
 pub use engine::{Engine, EngineKind, EngineOptions};
 pub use error::EngineError;
+pub use explain::{ClassActivation, Explanation, PhotoExplanation};
 pub use model::LoadedModel;
 pub use ort_engine::{ensure_onnxruntime, find_onnxruntime};
 pub use prediction::{LabelScore, Prediction};

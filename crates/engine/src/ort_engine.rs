@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bestiary_train::export::CLASS_ACTIVATION;
 use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
@@ -13,6 +14,7 @@ use ort::value::TensorRef;
 
 use crate::engine::{Engine, EngineKind, EngineOptions, check_input};
 use crate::error::EngineError;
+use crate::explain::ClassActivation;
 
 /// The onnxruntime release whose library is loaded.
 pub const ONNXRUNTIME_VERSION: &str = "1.32.0";
@@ -295,6 +297,9 @@ pub fn load_onnxruntime(library: &Path) -> Result<PathBuf, EngineError> {
 struct Runner {
     session: Session,
     options: RunOptions<HasSelectedOutputs>,
+    /// Run options that fetch the logits and the class activation maps, for explanations;
+    /// `None` when the graph has no maps.
+    explain: Option<RunOptions<HasSelectedOutputs>>,
 }
 
 /// How long calls must not have overlapped before a call counts as alone.
@@ -367,6 +372,8 @@ pub struct OrtEngine {
     next: AtomicUsize,
     input: String,
     output: String,
+    /// The graph's class activation maps output, when it has one.
+    class_activation: Option<String>,
     /// Channels, height and width of one image, from the graph.
     image: [usize; 3],
     threads: usize,
@@ -426,11 +433,33 @@ impl OrtEngine {
             .ok_or_else(|| invalid("the graph has no output".to_owned()))?
             .name()
             .to_owned();
+        let class_activation = session
+            .outputs()
+            .iter()
+            .find(|output| output.name() == CLASS_ACTIVATION)
+            .map(|output| output.name().to_owned());
         let runner = |session| -> Result<Mutex<Runner>, EngineError> {
-            let options = RunOptions::new()
-                .map_err(|e| invalid(format!("run options: {e}")))?
-                .with_outputs(OutputSelector::no_default().with(output.clone()));
-            Ok(Mutex::new(Runner { session, options }))
+            let selecting = |selector: OutputSelector| {
+                RunOptions::new()
+                    .map(|options| options.with_outputs(selector))
+                    .map_err(|e| invalid(format!("run options: {e}")))
+            };
+            let options = selecting(OutputSelector::no_default().with(output.clone()))?;
+            let explain = class_activation
+                .as_ref()
+                .map(|maps| {
+                    selecting(
+                        OutputSelector::no_default()
+                            .with(output.clone())
+                            .with(maps.clone()),
+                    )
+                })
+                .transpose()?;
+            Ok(Mutex::new(Runner {
+                session,
+                options,
+                explain,
+            }))
         };
         let mut runners = vec![runner(session)?];
         for _ in 1..instances {
@@ -451,6 +480,7 @@ impl OrtEngine {
             next: AtomicUsize::new(0),
             input,
             output,
+            class_activation,
             image,
             threads,
             library: runtime.library.clone(),
@@ -510,7 +540,9 @@ impl Engine for OrtEngine {
             .map_err(Self::failed)?;
         let call = self.overlap.enter();
         let mut runner = self.free_runner(call.alone);
-        let Runner { session, options } = &mut *runner;
+        let Runner {
+            session, options, ..
+        } = &mut *runner;
         let outputs = session
             .run_with_options(ort::inputs![self.input.as_str() => tensor], options)
             .map_err(Self::failed)?;
@@ -523,6 +555,54 @@ impl Engine for OrtEngine {
 
     fn kind(&self) -> EngineKind {
         EngineKind::Ort
+    }
+
+    fn explain(&self, input: &[f32]) -> Result<ClassActivation, EngineError> {
+        let [channels, height, width] = self.image;
+        check_input(input, 1, channels * height * width)?;
+        let Some(maps_name) = &self.class_activation else {
+            return Err(EngineError::NoClassActivation {
+                model: "its graph".to_owned(),
+            });
+        };
+        let tensor = TensorRef::from_array_view(([1, channels, height, width], input))
+            .map_err(Self::failed)?;
+        // The same sessions as classification, so explanations share their concurrency.
+        let call = self.overlap.enter();
+        let mut runner = self.free_runner(call.alone);
+        let Runner {
+            session, explain, ..
+        } = &mut *runner;
+        let options = explain
+            .as_ref()
+            .ok_or_else(|| Self::failed("the session has no explanation run options"))?;
+        let outputs = session
+            .run_with_options(ort::inputs![self.input.as_str() => tensor], options)
+            .map_err(Self::failed)?;
+        let tensor_of = |name: &str| {
+            let value = outputs
+                .get(name)
+                .ok_or_else(|| Self::failed(format!("no `{name}` output")))?;
+            let (shape, data) = value.try_extract_tensor::<f32>().map_err(Self::failed)?;
+            Ok::<_, EngineError>((shape.to_vec(), data.to_vec()))
+        };
+        let (_, logits) = tensor_of(&self.output)?;
+        let (shape, maps) = tensor_of(maps_name)?;
+        let [_, _, map_height, map_width] = shape[..] else {
+            return Err(Self::failed(format!(
+                "`{maps_name}` has shape {shape:?}, not [1, classes, h, w]"
+            )));
+        };
+        Ok(ClassActivation {
+            logits,
+            maps,
+            height: map_height.max(0) as usize,
+            width: map_width.max(0) as usize,
+        })
+    }
+
+    fn explains(&self) -> bool {
+        self.class_activation.is_some()
     }
 
     fn describe(&self) -> String {

@@ -104,6 +104,18 @@ impl Preprocessor {
     /// not hold one image; [`EngineError::InvalidModel`] for an unusable crop fraction.
     pub fn preprocess(&self, bytes: &[u8], out: &mut [f32]) -> Result<ImageInfo, EngineError> {
         self.check_output(out)?;
+        let (image, info) = self.decode(bytes)?;
+        self.preprocess_image(image, out)?;
+        Ok(info)
+    }
+
+    /// Decodes `bytes` into the upright photo that [`Preprocessor::preprocess`] transforms:
+    /// a large JPEG comes at the fraction of its size given by [`Preprocessor::jpeg_scale`]
+    /// (see [`ImageInfo::decode_scale`]), anything else at full size.
+    ///
+    /// # Errors
+    /// [`EngineError::Decode`] as for [`Preprocessor::preprocess`].
+    pub fn decode(&self, bytes: &[u8]) -> Result<(RgbImage, ImageInfo), EngineError> {
         let (width, height, format) = decode::dimensions(bytes)?;
         let within_limits = u64::from(width) * u64::from(height) <= self.limits.max_pixels;
         if self.jpeg_downscale && format == ImageFormat::Jpeg && within_limits {
@@ -120,13 +132,13 @@ impl Preprocessor {
             if scale > 1
                 && let Some(image) = scaled()
             {
-                self.preprocess_image(image, out)?;
-                return Ok(ImageInfo {
+                let info = ImageInfo {
                     width,
                     height,
                     format,
                     decode_scale: scale,
-                });
+                };
+                return Ok((image, info));
             }
         }
         let decoded = decode::decode(bytes, &self.limits)?;
@@ -136,8 +148,7 @@ impl Preprocessor {
             format: decoded.format,
             decode_scale: 1,
         };
-        self.preprocess_image(decoded.image, out)?;
-        Ok(info)
+        Ok((decoded.image, info))
     }
 
     /// The evaluation transform of an already decoded, upright photo into `out`.

@@ -108,6 +108,25 @@ impl Classifier {
             Self::EfficientnetLite0(net) => net.forward(images),
         }
     }
+
+    /// The last feature map `[batch, C, h, w]`, the one global average pooling reduces to the
+    /// head's input: with [`Classifier::head`] it gives class activation maps.
+    pub fn feature_map(&self, images: Tensor<4>) -> Tensor<4> {
+        match self {
+            Self::SeedCnn(net) => net.feature_map(images),
+            Self::Resnet(net) => net.feature_map(images),
+            Self::EfficientnetLite0(net) => net.feature_map(images),
+        }
+    }
+
+    /// The linear head after global average pooling.
+    pub fn head(&self) -> &Linear {
+        match self {
+            Self::SeedCnn(net) => &net.head,
+            Self::Resnet(net) => &net.head,
+            Self::EfficientnetLite0(net) => &net.fc,
+        }
+    }
 }
 
 /// Convolution, batch norm and ReLU: the unit every network here is made of.
@@ -175,12 +194,17 @@ impl SeedCnn {
     }
 
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let pooled: Tensor<2> = self.gap.forward(self.feature_map(images)).flatten(1, 3);
+        self.head.forward(pooled)
+    }
+
+    /// The map global average pooling reduces: the last block's, pooled.
+    pub fn feature_map(&self, images: Tensor<4>) -> Tensor<4> {
         let mut x = images;
         for block in &self.blocks {
             x = self.pool.forward(block.forward(x));
         }
-        let pooled: Tensor<2> = self.gap.forward(x).flatten(1, 3);
-        self.head.forward(pooled)
+        x
     }
 }
 
@@ -256,12 +280,17 @@ impl Resnet {
     }
 
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let pooled: Tensor<2> = self.gap.forward(self.feature_map(images)).flatten(1, 3);
+        self.head.forward(pooled)
+    }
+
+    /// The map global average pooling reduces: the last residual block's output.
+    pub fn feature_map(&self, images: Tensor<4>) -> Tensor<4> {
         let mut x = self.stem_pool.forward(self.stem.forward(images));
         for block in &self.blocks {
             x = block.forward(x);
         }
-        let pooled: Tensor<2> = self.gap.forward(x).flatten(1, 3);
-        self.head.forward(pooled)
+        x
     }
 }
 

@@ -178,12 +178,19 @@ impl EfficientNetLite0 {
 
     /// The pooled embedding `[batch, 1280]` of images `[batch, 3, 224, 224]`.
     pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
+        self.feature_map(images)
+            .mean_dim(3)
+            .mean_dim(2)
+            .flatten(1, 3)
+    }
+
+    /// The map `[batch, 1280, 7, 7]` that [`Self::features`] averages: the head convolution's.
+    pub fn feature_map(&self, images: Tensor<4>) -> Tensor<4> {
         let mut x = relu6(self.bn0.forward(self.conv_stem.forward(images)));
         for block in &self.blocks {
             x = block.forward(x);
         }
-        let x = relu6(self.bn1.forward(self.conv_head.forward(x)));
-        x.mean_dim(3).mean_dim(2).flatten(1, 3)
+        relu6(self.bn1.forward(self.conv_head.forward(x)))
     }
 
     /// ImageNet logits `[batch, 1000]` (before softmax).

@@ -1,5 +1,6 @@
 //! Writes a trained network as an ONNX inference graph (batch norm folded into the convolutions),
-//! with `logits`, `probabilities` and `features` outputs, for the serving engines.
+//! with `logits`, `probabilities`, `features` and `class_activation` outputs, for the serving
+//! engines.
 
 use bestiary_model::ModelMetadata;
 use bestiary_model::onnx::{ExportError, GraphBuilder, Value, fold_batch_norm};
@@ -10,6 +11,16 @@ use crate::efficientnet::{self, EfficientNetLite0, MbConv};
 
 /// Name of the graph input: float32 `[N, 3, size, size]`, normalised as the metadata says.
 pub const INPUT: &str = "input";
+/// Name of the class activation maps output: float32 `[N, classes, h, w]`, the head applied
+/// to every position of the last feature map, so that its spatial mean is `logits` exactly.
+pub const CLASS_ACTIVATION: &str = "class_activation";
+
+/// The values the head produces, to be declared as graph outputs.
+struct HeadOutputs {
+    features: Value,
+    logits: Value,
+    class_activation: Value,
+}
 
 fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
     tensor
@@ -33,22 +44,63 @@ fn conv_bn(
     folded_conv(graph, x, &unit.conv, &unit.norm, activation)
 }
 
-fn head(graph: &mut GraphBuilder, x: &Value, head: &burn::nn::Linear) -> (Value, Value) {
+/// Global average pooling and the linear head on the feature map `x`, and beside them the head
+/// as a 1×1 convolution of `x`: the class activation maps. Pooling and the head are both
+/// linear, so the maps' spatial mean equals the logits.
+fn head(graph: &mut GraphBuilder, x: &Value, head: &burn::nn::Linear) -> HeadOutputs {
     let pooled = graph.global_average_pool(x);
     let features = graph.flatten(&pooled);
     let [inputs, outputs] = head.weight.val().dims();
     let bias = head.bias.as_ref().map(|b| values(b.val()));
-    let logits = graph.gemm(
-        &features,
-        &values(head.weight.val()),
-        inputs,
-        outputs,
+    let weight = values(head.weight.val());
+    let logits = graph.gemm(&features, &weight, inputs, outputs, bias.as_deref());
+    // burn's Linear weight is [in, out]; a convolution's is [out, in, 1, 1].
+    let transposed: Vec<f32> = (0..outputs)
+        .flat_map(|out| (0..inputs).map(move |input| (input, out)))
+        .map(|(input, out)| weight[input * outputs + out])
+        .collect();
+    let class_activation = graph.conv(
+        x,
+        &transposed,
+        [outputs, inputs, 1, 1],
         bias.as_deref(),
+        [1, 1],
+        [0; 4],
+        1,
     );
-    (features, logits)
+    HeadOutputs {
+        features,
+        logits,
+        class_activation,
+    }
 }
 
-fn seed_cnn(graph: &mut GraphBuilder, net: &SeedCnn) -> Result<(Value, Value), ExportError> {
+/// Declares the head's outputs in their fixed order: `logits`, `probabilities`, `features`,
+/// `class_activation`.
+///
+/// The shapes come from the builder, which checked every layer; a value it could not shape
+/// (after a failed layer) is declared with an empty shape, and `finish` reports the first error.
+fn declare_outputs(graph: &mut GraphBuilder, outputs: &HeadOutputs) {
+    let probabilities = graph.softmax(&outputs.logits, 1);
+    let size_of = |graph: &GraphBuilder, value: &Value| {
+        graph
+            .shape(value)
+            .and_then(|s| s.first().copied())
+            .unwrap_or(0)
+    };
+    let classes = size_of(graph, &outputs.logits);
+    let feature_size = size_of(graph, &outputs.features);
+    let map_shape = graph
+        .shape(&outputs.class_activation)
+        .map(<[i64]>::to_vec)
+        .unwrap_or_default();
+    graph.output(&outputs.logits, "logits", classes);
+    graph.output(&probabilities, "probabilities", classes);
+    graph.output(&outputs.features, "features", feature_size);
+    graph.output_shaped(&outputs.class_activation, CLASS_ACTIVATION, &map_shape);
+}
+
+fn seed_cnn(graph: &mut GraphBuilder, net: &SeedCnn) -> Result<HeadOutputs, ExportError> {
     let mut x = graph.input();
     for block in &net.blocks {
         let y = conv_bn(graph, &x, block, true)?;
@@ -72,7 +124,7 @@ fn basic_block(
     Ok(graph.relu(&sum))
 }
 
-fn resnet(graph: &mut GraphBuilder, net: &Resnet) -> Result<(Value, Value), ExportError> {
+fn resnet(graph: &mut GraphBuilder, net: &Resnet) -> Result<HeadOutputs, ExportError> {
     let stem = conv_bn(graph, &graph.input(), &net.stem, true)?;
     let mut x = graph.max_pool(&stem, [3, 3], [2, 2], [1, 1, 1, 1]);
     for block in &net.blocks {
@@ -85,21 +137,21 @@ fn resnet(graph: &mut GraphBuilder, net: &Resnet) -> Result<(Value, Value), Expo
 pub fn export_onnx(model: &Classifier, metadata: &ModelMetadata) -> Result<Vec<u8>, ExportError> {
     let size = metadata.input.image_size as i64;
     let mut graph = GraphBuilder::new(&metadata.name, INPUT, 3, size, size);
-    let (features, logits) = match model {
+    let outputs = match model {
         Classifier::SeedCnn(net) => seed_cnn(&mut graph, net)?,
         Classifier::Resnet(net) => resnet(&mut graph, net)?,
         Classifier::EfficientnetLite0(net) => efficientnet_graph(&mut graph, net)?,
     };
-    let probabilities = graph.softmax(&logits, 1);
     let classes = metadata.classes.len() as i64;
-    graph.output(&logits, "logits", classes);
-    graph.output(&probabilities, "probabilities", classes);
-    let feature_size = match model {
-        Classifier::SeedCnn(net) => net.head.weight.val().dims()[0],
-        Classifier::Resnet(net) => net.head.weight.val().dims()[0],
-        Classifier::EfficientnetLite0(net) => net.fc.weight.val().dims()[0],
-    };
-    graph.output(&features, "features", feature_size as i64);
+    if let Some(shape) = graph.shape(&outputs.logits)
+        && shape != [classes]
+    {
+        return Err(ExportError::Invalid {
+            context: "logits".into(),
+            reason: format!("the head has {shape:?} outputs but the model has {classes} classes"),
+        });
+    }
+    declare_outputs(&mut graph, &outputs);
     let classes_json = serde_json::to_string(&metadata.classes).expect("classes serialise");
     graph.finish(
         env!("CARGO_PKG_VERSION"),
@@ -196,11 +248,11 @@ fn mb_conv(graph: &mut GraphBuilder, x: &Value, block: &MbConv) -> Result<Value,
     Ok(if block.skip { graph.add(&y, x) } else { y })
 }
 
-/// EfficientNet-Lite0's layers from the graph input to (features, logits).
+/// EfficientNet-Lite0's layers from the graph input to the head's outputs.
 fn efficientnet_graph(
     graph: &mut GraphBuilder,
     model: &EfficientNetLite0,
-) -> Result<(Value, Value), ExportError> {
+) -> Result<HeadOutputs, ExportError> {
     let input = graph.input();
     let mut x = conv_bn_clip(graph, &input, &model.conv_stem, &model.bn0, true)?;
     for block in &model.blocks {
@@ -211,20 +263,16 @@ fn efficientnet_graph(
 }
 
 /// The ONNX model of EfficientNet-Lite0 for `[N, 3, 224, 224]` inputs normalised as
-/// `(pixel − 127) / 128`, with `logits`, `probabilities` and `features` (1280) outputs and
-/// batch norm folded into the convolutions.
+/// `(pixel − 127) / 128`, with `logits`, `probabilities`, `features` (1280) and
+/// `class_activation` (`[N, classes, 7, 7]`) outputs and batch norm folded into the convolutions.
 pub fn export_efficientnet_onnx(
     model: &EfficientNetLite0,
     name: &str,
 ) -> Result<Vec<u8>, ExportError> {
     let size = efficientnet::IMAGE_SIZE as i64;
     let mut graph = GraphBuilder::new(name, INPUT, 3, size, size);
-    let (features, logits) = efficientnet_graph(&mut graph, model)?;
-    let probabilities = graph.softmax(&logits, 1);
-    let classes = model.fc.weight.val().dims()[1] as i64;
-    graph.output(&logits, "logits", classes);
-    graph.output(&probabilities, "probabilities", classes);
-    graph.output(&features, "features", efficientnet::FEATURES as i64);
+    let outputs = efficientnet_graph(&mut graph, model)?;
+    declare_outputs(&mut graph, &outputs);
     graph.finish(
         env!("CARGO_PKG_VERSION"),
         &[

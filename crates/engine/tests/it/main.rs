@@ -5,5 +5,6 @@
 
 mod common;
 mod engines;
+mod explain;
 mod preprocess;
 mod throughput;

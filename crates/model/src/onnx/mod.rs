@@ -118,6 +118,12 @@ impl GraphBuilder {
         self.input.clone()
     }
 
+    /// Per-sample shape (without the batch dimension) of `x`; `None` for a value this builder
+    /// did not produce.
+    pub fn shape(&self, x: &Value) -> Option<&[i64]> {
+        self.shapes.get(&x.0).map(Vec::as_slice)
+    }
+
     /// 2-D convolution (dilation 1).
     ///
     /// `weight_shape` is `[out, in/group, kh, kw]` with `weight` row-major; `pads` are in ONNX
@@ -272,7 +278,13 @@ impl GraphBuilder {
     /// its softmax `probabilities`, or pooled `features`). When `name` differs from the value's
     /// own name an Identity node gives it that name, because ONNX names an output by its value.
     pub fn output(&mut self, x: &Value, name: &str, size: i64) {
-        if let Err(error) = self.try_output(x, name, size) {
+        self.output_shaped(x, name, &[size]);
+    }
+
+    /// Declares a graph output of float32 with shape [N, ..shape] (batch symbolic), e.g. a
+    /// `[N, classes, h, w]` map; otherwise as [`GraphBuilder::output`].
+    pub fn output_shaped(&mut self, x: &Value, name: &str, shape: &[i64]) {
+        if let Err(error) = self.try_output(x, name, shape) {
             self.fail(error);
         }
     }
@@ -467,12 +479,12 @@ impl GraphBuilder {
         )
     }
 
-    fn try_output(&mut self, x: &Value, name: &str, size: i64) -> Result<(), ExportError> {
+    fn try_output(&mut self, x: &Value, name: &str, declared: &[i64]) -> Result<(), ExportError> {
         let shape = self.shape_of(x)?;
-        if shape != [size] {
+        if shape != declared {
             return Err(invalid(
                 name,
-                format!("declared with {size} features, but `{x}` has shape {shape:?}"),
+                format!("declared with shape {declared:?}, but `{x}` has shape {shape:?}"),
             ));
         }
         if x.0 == name {
@@ -981,6 +993,34 @@ mod tests {
             graph.finish("0", &[]),
             Err(ExportError::DuplicateName("logits".into()))
         );
+    }
+
+    #[test]
+    fn maps_are_declared_with_their_whole_shape() {
+        let mut graph = GraphBuilder::new("g", "input", 2, 3, 4);
+        let map = graph.conv(
+            &graph.input(),
+            &[1.0; 10],
+            [5, 2, 1, 1],
+            None,
+            [1, 1],
+            [0; 4],
+            1,
+        );
+        graph.output_shaped(&map, "class_activation", &[5, 3, 4]);
+        let model = decode(&graph.finish("0", &[]).unwrap());
+        let output = &model.graph.unwrap().output[0];
+        assert_eq!(
+            describe_value(output),
+            "class_activation: float32[N, 5, 3, 4]"
+        );
+
+        let mut graph = GraphBuilder::new("g", "input", 2, 3, 4);
+        graph.output_shaped(&graph.input(), "class_activation", &[2, 4, 3]);
+        assert!(matches!(
+            graph.finish("0", &[]),
+            Err(ExportError::Invalid { .. })
+        ));
     }
 
     #[test]
