@@ -378,7 +378,8 @@ def test_models_confusion_matrix_cell_shows_its_photos_and_versions_swap(page, t
     """Two versions of a tiny model trained here (one epoch each): Models shows the served one's
     training curves, per-class metrics and confusion matrix; clicking a non-empty cell shows that
     many thumbnails of its validation photos; the training report opens; "Serve this version"
-    swaps to the older version (the header follows) and "Follow latest" swaps back."""
+    swaps to the older version (the header follows) and "Follow latest" swaps back; a Classify
+    card's "Where it looked" shows the heat map of the photo."""
     data = tmp_path / "data"
     make_bucket(data, per_class=4)
     models = tmp_path / "models"
@@ -428,6 +429,21 @@ def test_models_confusion_matrix_cell_shows_its_photos_and_versions_swap(page, t
         wait_js(page, "v => document.getElementById('model-version').textContent === v", newest)
         page.locator("#follow-latest").wait_for(state="hidden")
         assert requests.get(f"{base}/v1/models/tiny/versions", timeout=10).json()["follows_latest"] is True
+
+        # A model exported with class activation maps: "Where it looked" on a Classify card puts
+        # the heat map from /v1/explain in place of the photo, and a second press brings it back.
+        photo = next(iter(animal_photos(1).values()))[0]
+        page.click("#tab-classify")
+        drop_files(page, [photo])
+        wait_done(page, photo)
+        toggle = card(page, photo).locator("[data-testid=explain-toggle]")
+        toggle.click()
+        card(page, photo).locator("img[data-explained=true][src^='data:image/png']").wait_for()
+        assert toggle.get_attribute("aria-pressed") == "true"
+        top_label = card(page, photo).locator("[data-testid=bar]").first.get_attribute("data-label")
+        assert card(page, photo).get_attribute("data-explained-label") == top_label
+        toggle.click()
+        card(page, photo).locator("img[data-explained=false][src^='blob:']").wait_for()
 
 
 def test_usage_numbers_move_after_requests(page, tmp_path):

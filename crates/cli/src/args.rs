@@ -98,6 +98,10 @@ pub enum Command {
     ///
     /// Example: bestiary export --model s3://models/animals/latest
     Export(ExportArgs),
+    /// Show where the model looked in a photo: a heat map of its predicted (or a given) class.
+    ///
+    /// Example: bestiary explain horse.jpg --out horse-explained.png
+    Explain(ExplainArgs),
     /// Package a model version as the `model.tar.gz` SageMaker hosting unpacks into
     /// /opt/ml/model (`<name>/<version>/…` and `<name>/latest`).
     ///
@@ -500,6 +504,37 @@ pub struct ExportArgs {
     /// Also print the graph (inputs, nodes, outputs, metadata).
     #[arg(long, env = "BESTIARY_DESCRIBE")]
     pub describe: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The photo: a local path or an object URL (`s3://bucket/key.jpg`, `gs://…`, `az://…`).
+    #[arg(env = "BESTIARY_PHOTO")]
+    pub photo: String,
+
+    /// The model: `<root>/<name>[/<version>|/latest]`, or `builtin` (the built-in animal model).
+    #[arg(long, env = "BESTIARY_MODEL", default_value = "builtin")]
+    pub model: String,
+
+    /// The class to explain (default: the most probable one).
+    #[arg(long, env = "BESTIARY_EXPLAIN_LABEL")]
+    pub label: Option<String>,
+
+    /// Where to write the heat map over the photo, as PNG (a path or object URL).
+    #[arg(long, env = "BESTIARY_EXPLAIN_OUT")]
+    pub out: Option<String>,
+
+    /// Inference engine: auto, ort, tract, burn.
+    #[arg(long, env = "BESTIARY_ENGINE", default_value_t = EngineKind::Auto)]
+    pub engine: EngineKind,
+
+    /// Largest photo accepted, in megapixels (checked before decoding).
+    #[arg(long, env = "BESTIARY_MAX_MEGAPIXELS", default_value_t = 100.0)]
+    pub max_megapixels: f64,
+
+    /// Print the explanation as JSON (the shape of `POST /v1/explain`, without the picture).
+    #[arg(long, env = "BESTIARY_JSON")]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

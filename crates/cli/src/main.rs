@@ -71,6 +71,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Train(args) => commands::train::train(global, *args).await,
         Command::Eval(args) => commands::eval::eval(global, args).await,
         Command::Export(args) => commands::export::export(global, args).await,
+        Command::Explain(args) => commands::explain::explain(global, args).await,
         Command::Import(args) => commands::import::import(global, args).await,
         Command::Package(args) => commands::package::package(global, args).await,
         Command::Serve(args) => commands::serve::serve(global, *args).await,

@@ -39,6 +39,10 @@ pub enum ApiError {
         message: String,
         retry_after: Duration,
     },
+    /// An explanation asked of a model whose graph was exported without class activation
+    /// maps: the request is fine, but conflicts with the model being served (409).
+    #[error("{0}")]
+    NoClassActivation(String),
     #[error("the model is not loaded yet")]
     NotReady,
     #[error("the server is shutting down")]
@@ -82,6 +86,7 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "undecodable_image")
             }
             Self::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+            Self::NoClassActivation(_) => (StatusCode::CONFLICT, "no_class_activation"),
             Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             Self::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
@@ -108,6 +113,10 @@ impl ApiError {
                 reason: decode.code(),
                 message: decode.to_string(),
             },
+            error @ EngineError::NoClassActivation { .. } => {
+                Self::NoClassActivation(error.to_string())
+            }
+            error @ EngineError::UnknownClass { .. } => Self::BadRequest(error.to_string()),
             other => Self::Internal(other.to_string()),
         }
     }

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod classify;
 pub mod dataset;
 pub mod eval;
+pub mod explain;
 pub mod export;
 pub mod import;
 pub mod package;

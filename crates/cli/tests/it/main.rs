@@ -5,3 +5,4 @@
 
 mod classify;
 mod cli;
+mod explain;

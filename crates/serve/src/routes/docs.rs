@@ -6,7 +6,7 @@ use axum::response::Html;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{admin, bucket, native, oip, sagemaker, versions};
+use crate::routes::{admin, bucket, explain, native, oip, sagemaker, versions};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +18,7 @@ use crate::routes::{admin, bucket, native, oip, sagemaker, versions};
     ),
     paths(
         native::classify,
+        explain::explain,
         native::list_models,
         native::get_model,
         native::usage,

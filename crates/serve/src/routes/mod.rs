@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod bucket;
 pub mod docs;
+pub mod explain;
 pub mod native;
 pub mod oip;
 pub mod sagemaker;
@@ -30,6 +31,7 @@ pub fn router(state: AppState) -> Router {
     // The routes that classify share the concurrency limit and the request timeout.
     let inference = Router::new()
         .route("/v1/classify", post(native::classify))
+        .route("/v1/explain", post(explain::explain))
         .route("/invocations", post(sagemaker::invocations))
         .route("/v2/models/{name}/infer", post(oip::infer))
         .route(

@@ -117,6 +117,8 @@ pub struct ModelInfo {
     pub source: String,
     /// The inference engine running it (`ort`, `tract`, `burn`).
     pub engine: String,
+    /// Whether `POST /v1/explain` works for it (its graph has class activation maps).
+    pub explanations: bool,
     /// When this server loaded it (RFC 3339).
     pub loaded_at: String,
 }
@@ -158,6 +160,7 @@ impl ModelInfo {
             created: metadata.created.clone(),
             source: served.model.source.clone(),
             engine: served.engine().to_string(),
+            explanations: served.model.explains(),
             loaded_at: served.loaded_at.clone(),
         }
     }

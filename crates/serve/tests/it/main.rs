@@ -10,6 +10,7 @@ mod builtin;
 mod calibration;
 mod common;
 mod console;
+mod explain;
 mod hot_swap;
 mod oip;
 mod shutdown;

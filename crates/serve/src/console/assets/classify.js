@@ -42,28 +42,69 @@ export function initClassify(ctx) {
 
   function card(file) {
     const preview = URL.createObjectURL(file);
+    const photo = h('img', { src: preview, dataset: { preview }, alt: `Photo ${file.name || ''}`, class: 'card-photo', onerror: (e) => e.target.replaceWith(h('span', { class: 'no-preview card-photo' }, 'no preview')) });
     const curl = curlCommand(file, topK.value);
     const copy = h('button', { type: 'button', dataset: { testid: 'copy-curl' } }, 'Copy as curl');
     copy.addEventListener('click', () => copyText(curl, copy));
     const body = h('div', { class: 'card-body' }, h('p', { class: 'muted' }, 'Classifying…'));
     const node = h('li', { class: 'card', dataset: { testid: 'result-card', state: 'pending', name: file.name || '' } },
-      h('img', { src: preview, alt: `Photo ${file.name || ''}`, class: 'card-photo', onerror: (e) => e.target.replaceWith(h('span', { class: 'no-preview card-photo' }, 'no preview')) }),
+      photo,
       h('div', { class: 'card-main' },
         h('p', { class: 'card-name mono', title: file.name }, file.name || 'pasted photo'),
         body,
         h('p', { class: 'row' }, copy),
         h('details', {}, h('summary', {}, 'curl'), h('pre', {}, h('code', { dataset: { testid: 'curl-text' } }, curl)))));
     list.prepend(node);
-    return { node, body };
+    return { node, body, photo, file, preview };
   }
 
-  function showResult({ node, body }, answer, totalMs) {
+  /**
+   * The "Where it looked" toggle: the first press asks POST /v1/explain for the heat map of the
+   * shown label over this photo and puts it in place of the photo; later presses switch back and
+   * forth. Absent when the served model has no class activation maps.
+   */
+  function explainToggle(view, label) {
+    if (!ctx.model?.explanations) return null;
+    const button = h('button', { type: 'button', 'aria-pressed': 'false', dataset: { testid: 'explain-toggle' } }, 'Where it looked');
+    let overlay = null;
+    button.addEventListener('click', async () => {
+      const on = button.getAttribute('aria-pressed') !== 'true';
+      if (on && !overlay) {
+        button.disabled = true;
+        button.textContent = 'Looking…';
+        try {
+          const answer = await api.request(api.withQuery('/v1/explain', label ? { label } : {}), {
+            method: 'POST',
+            body: view.file,
+            headers: { 'Content-Type': view.file.type || 'application/octet-stream' },
+          });
+          overlay = `data:image/png;base64,${answer.overlay_png_base64}`;
+          view.node.dataset.explainedLabel = answer.label;
+        } catch (error) {
+          button.disabled = false;
+          if (error.status === 409) { button.remove(); } else { button.textContent = 'Where it looked'; }
+          ctx.status(`No explanation: ${error.message}`, 'error');
+          return;
+        }
+        button.disabled = false;
+      }
+      button.setAttribute('aria-pressed', String(on));
+      button.textContent = on ? 'Show the photo' : 'Where it looked';
+      view.photo.src = on ? overlay : view.preview;
+      view.photo.dataset.explained = String(on);
+    });
+    return button;
+  }
+
+  function showResult(view, answer, totalMs) {
+    const { node, body } = view;
     const p = answer.predictions[0];
     node.dataset.state = 'done';
     node.dataset.label = p.label;
     node.dataset.totalMs = totalMs.toFixed(1);
     node.dataset.unknown = String(Boolean(p.unknown));
     const timing = p.timing || {};
+    const toggle = explainToggle(view, p.unknown ? null : p.label);
     body.replaceChildren(
       h('p', { class: 'card-label' },
         h('strong', { dataset: { testid: 'result-label' } }, p.unknown ? 'not one of the model\'s classes' : p.label),
@@ -73,7 +114,8 @@ export function initClassify(ctx) {
       h('p', { class: 'muted small' },
         `${p.model} ${p.version} · ${ms(totalMs)} in the browser · ${ms(timing.inference_ms)} inference`,
         h('span', { title: 'preprocess, queue' }, ` (+${ms(timing.preprocess_ms)}, ${ms(timing.queue_ms)} queued)`),
-        p.width ? ` · ${p.width}×${p.height}` : ''));
+        p.width ? ` · ${p.width}×${p.height}` : ''),
+      ...(toggle ? [h('p', { class: 'row' }, toggle)] : []));
   }
 
   function showError({ node, body }, error) {
@@ -127,7 +169,8 @@ export function initClassify(ctx) {
     if (files.length) { event.preventDefault(); add(files); }
   });
   $('clear-results').addEventListener('click', () => {
-    for (const img of list.querySelectorAll('img')) URL.revokeObjectURL(img.src);
+    // A card showing its heat map keeps its photo's URL in data-preview.
+    for (const img of list.querySelectorAll('img')) URL.revokeObjectURL(img.dataset.preview || img.src);
     list.replaceChildren();
   });
 

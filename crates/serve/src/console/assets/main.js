@@ -9,7 +9,9 @@
  *              cards [data-testid=result-card] with data-state=pending|done|error, data-label (top label),
  *              data-total-ms, data-unknown; inside: [data-testid=result-label], [data-testid=bar] (one per
  *              label, data-label), [data-testid=unknown-badge], [data-testid=result-error],
- *              [data-testid=copy-curl] (button), [data-testid=curl-text] (the command)
+ *              [data-testid=copy-curl] (button), [data-testid=curl-text] (the command),
+ *              [data-testid=explain-toggle] (aria-pressed; the photo's img gets data-explained=true
+ *              and the card data-explained-label when the heat map is shown)
  *   bucket     #bucket-mode-photos, #bucket-mode-results, #bucket-prefix, #bucket-open, #label-filter,
  *              #low-confidence, #max-score, #breadcrumb, #folders ([data-testid=folder-chip] data-prefix),
  *              #label-counts ([data-testid=count-chip] data-label data-count), #gallery-status (data-total,
