@@ -6,5 +6,5 @@ pub mod onnx;
 pub mod repository;
 
 pub use calibration::{Calibration, UnknownDetector};
-pub use metadata::{DatasetInfo, InputSpec, METADATA_FILE, ModelMetadata};
+pub use metadata::{DatasetInfo, InputSpec, Int8Graph, METADATA_FILE, ModelMetadata};
 pub use repository::{LATEST, ModelError, ModelRepository, VersionWriter, resolve};

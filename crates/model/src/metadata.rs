@@ -33,6 +33,20 @@ pub struct DatasetInfo {
     pub validation: usize,
 }
 
+/// A version's int8 graph: where it is and how its activation ranges were calibrated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Int8Graph {
+    /// File name in the version folder (`model.int8.onnx`).
+    pub file: String,
+    /// The dataset whose photos calibrated it.
+    pub calibration_data: String,
+    pub calibration_photos: usize,
+    /// `minmax` or `percentile-<p>`.
+    pub range_method: String,
+    /// 7 or 8: the weights' range, ±64 or ±127.
+    pub weight_bits: u8,
+}
+
 /// Everything stored in `model.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelMetadata {
@@ -57,6 +71,10 @@ pub struct ModelMetadata {
     /// before they existed have none and answer with plain softmax scores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<crate::Calibration>,
+    /// The int8 graph `bestiary export --int8` wrote beside `model.onnx`; versions without
+    /// one (and every model.json written before int8 existed) have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<Int8Graph>,
     /// The other files of the version (weights, ONNX graph, report), relative to its folder.
     #[serde(default)]
     pub files: Vec<String>,
@@ -81,6 +99,7 @@ impl ModelMetadata {
             dataset: None,
             metrics: BTreeMap::new(),
             calibration: None,
+            int8: None,
             files: Vec::new(),
             software: format!("bestiary {}", env!("CARGO_PKG_VERSION")),
             created: String::new(),

@@ -8,6 +8,7 @@
 
 pub mod fp16;
 pub mod proto;
+pub mod quantize;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::{self, Write as _};

@@ -4,4 +4,5 @@
 //! so separate files would multiply link time and disk use in CI.
 
 mod onnx;
+mod quantize;
 mod repository;
