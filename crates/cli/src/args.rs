@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use bestiary_bulk::{OutputFormat, Shard};
 use bestiary_dataset::{DatasetOptions, SplitConfig};
 use bestiary_engine::EngineKind;
+use bestiary_engine::int8::{Precision, RangeMethod};
 use bestiary_storage::StoreOptions;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -214,6 +215,10 @@ pub struct BenchEngineArgs {
     #[arg(long, env = "BESTIARY_BATCH_SIZE", default_value_t = 1)]
     pub batch_size: usize,
 
+    /// Which graph: fp32 (`model.onnx`) or int8 (the graph `export --int8` wrote).
+    #[arg(long, env = "BESTIARY_PRECISION", default_value_t = Precision::Fp32)]
+    pub precision: Precision,
+
     /// Timed inference calls.
     #[arg(long, env = "BESTIARY_BENCH_ITERATIONS", default_value_t = 50)]
     pub iterations: usize,
@@ -397,6 +402,11 @@ pub struct EvalArgs {
     #[arg(long, env = "BESTIARY_ENGINE")]
     pub engine: Option<EngineKind>,
 
+    /// Which graph to evaluate in the engine: fp32 (`model.onnx`) or int8 (the graph
+    /// `export --int8` wrote); int8 implies `--engine auto` unless an engine is given.
+    #[arg(long, env = "BESTIARY_PRECISION", default_value_t = Precision::Fp32)]
+    pub precision: Precision,
+
     #[arg(long, env = "BESTIARY_DATA", help = DATA_HELP)]
     pub data: String,
 
@@ -504,6 +514,39 @@ pub struct ExportArgs {
     /// Also print the graph (inputs, nodes, outputs, metadata).
     #[arg(long, env = "BESTIARY_DESCRIBE")]
     pub describe: bool,
+
+    /// Write the int8 graph instead: the version's `model.onnx` statically quantised (QDQ,
+    /// per-channel int8 weights, uint8 activations calibrated on photos) for onnxruntime, as
+    /// `model.int8.onnx` beside it and recorded in model.json (or to `--to`); serve it with
+    /// `--precision int8`.
+    #[arg(long, env = "BESTIARY_EXPORT_INT8", conflicts_with_all = ["fp16", "bundle"])]
+    pub int8: bool,
+
+    /// Photos to calibrate the int8 graph on [default: the training photos of the dataset the
+    /// version's model.json names].
+    #[arg(long, env = "BESTIARY_CALIBRATION_DATA", requires = "int8")]
+    pub calibration_data: Option<String>,
+
+    /// How many photos calibrate the int8 graph, spread evenly over the (training) photos.
+    #[arg(long, env = "BESTIARY_CALIBRATION_PHOTOS", default_value_t = 300)]
+    pub calibration_photos: usize,
+
+    /// How each activation's range is taken: minmax, percentile (99.99) or percentile-<p>.
+    #[arg(long, env = "BESTIARY_CALIBRATION_METHOD", default_value_t = RangeMethod::MinMax)]
+    pub calibration_method: RangeMethod,
+
+    /// Bits of the int8 weights: 7 (default) keeps x86 CPUs without VNNI from saturating
+    /// their 16-bit pair sums, which costs accuracy; 8 for CPUs with VNNI (or ARM).
+    #[arg(long, env = "BESTIARY_INT8_WEIGHT_BITS", default_value_t = 7,
+          value_parser = clap::value_parser!(u8).range(7..=8))]
+    pub int8_weight_bits: u8,
+
+    #[command(flatten)]
+    pub split: SplitArgs,
+
+    /// Cache of decoded photos (default: the user cache folder).
+    #[arg(long, env = "BESTIARY_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -548,6 +591,11 @@ pub struct ServeArgs {
     /// Inference engine: auto (onnxruntime when its library loads, else tract), ort, tract, burn.
     #[arg(long, env = "BESTIARY_ENGINE", default_value_t = EngineKind::Auto)]
     pub engine: EngineKind,
+
+    /// Which graph to serve: fp32 (`model.onnx`) or int8 (the graph `export --int8` wrote; a
+    /// version without one fails to load, it never falls back to fp32).
+    #[arg(long, env = "BESTIARY_PRECISION", default_value_t = Precision::Fp32)]
+    pub precision: Precision,
 
     /// Address to listen on [default: 127.0.0.1; 0.0.0.0 inside SageMaker].
     #[arg(long, env = "BESTIARY_HOST")]

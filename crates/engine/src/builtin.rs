@@ -48,6 +48,15 @@ pub fn load(engine: EngineKind, options: &EngineOptions) -> Result<LoadedModel, 
                 .into(),
         });
     }
+    if options.precision == crate::int8::Precision::Int8 {
+        return Err(EngineError::InvalidModel {
+            model: SOURCE.into(),
+            reason: "the built-in model ships no int8 graph; copy models/animals, run `bestiary \
+                     export --model <copy> --int8` and serve the copy with --model, or use \
+                     --precision fp32"
+                .into(),
+        });
+    }
     LoadedModel::from_parts(metadata(), MODEL_ONNX, None, engine, options, SOURCE)
 }
 

@@ -69,6 +69,9 @@ pub struct EngineOptions {
     /// Whether `auto` and `ort` may download the pinned onnxruntime wheel (with pip) when its
     /// library is not installed; see [`crate::ort_engine::ensure_onnxruntime`].
     pub allow_download: bool,
+    /// Which of the version's graphs to run: `model.onnx`, or its int8 graph (an error when
+    /// the version has none, never a silent fall back to float).
+    pub precision: crate::int8::Precision,
 }
 
 impl Default for EngineOptions {
@@ -77,6 +80,7 @@ impl Default for EngineOptions {
             threads: None,
             instances: 1,
             allow_download: true,
+            precision: crate::int8::Precision::default(),
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod builtin;
 pub mod burn_engine;
 pub mod engine;
 pub mod error;
+pub mod int8;
 pub mod explain;
 pub mod model;
 pub mod ort_engine;

@@ -121,7 +121,14 @@ impl LoadedModel {
     ) -> Result<LoadedModel, EngineError> {
         let (repository, name, version) = resolve(url, store).await?;
         let metadata = repository.metadata(&name, &version).await?;
-        let onnx = repository.file(&name, &version, ONNX_FILE).await?;
+        let graph =
+            crate::int8::graph_file(&metadata, options.precision, engine).map_err(|reason| {
+                EngineError::InvalidModel {
+                    model: repository.store().url_of(&format!("{name}/{version}")),
+                    reason,
+                }
+            })?;
+        let onnx = repository.file(&name, &version, graph).await?;
         let weights = match engine {
             EngineKind::Burn => Some(repository.file(&name, &version, WEIGHTS_FILE).await?),
             _ => None,

@@ -234,8 +234,8 @@ fn extract_library(wheel: &[u8], dir: &Path) -> Result<PathBuf, String> {
 }
 
 /// The loaded library and the process's one onnxruntime environment.
-struct Runtime {
-    environment: Environment,
+pub(crate) struct Runtime {
+    pub(crate) environment: Environment,
     library: PathBuf,
 }
 
@@ -244,7 +244,7 @@ struct Runtime {
 /// later call (after an install) can still succeed.
 static RUNTIME: Mutex<Option<Arc<Runtime>>> = Mutex::new(None);
 
-fn runtime(library: &Path) -> Result<Arc<Runtime>, EngineError> {
+pub(crate) fn runtime(library: &Path) -> Result<Arc<Runtime>, EngineError> {
     let mut slot = RUNTIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -19,6 +19,7 @@ fn a_missing_library_makes_ort_unavailable_and_auto_fall_back() {
         threads: Some(1),
         instances: 1,
         allow_download: true,
+        precision: Default::default(),
     };
     let load = |engine| {
         LoadedModel::from_parts(

@@ -93,6 +93,7 @@ struct EngineBench {
     model: String,
     architecture: String,
     engine: String,
+    precision: String,
     image_size: u32,
     batch_size: usize,
     threads: usize,
@@ -122,6 +123,7 @@ pub async fn engine(global: &GlobalArgs, args: BenchEngineArgs) -> anyhow::Resul
     );
     let options = bestiary_engine::EngineOptions {
         threads: args.threads,
+        precision: args.precision,
         ..Default::default()
     };
     let loading = Instant::now();
@@ -157,6 +159,7 @@ pub async fn engine(global: &GlobalArgs, args: BenchEngineArgs) -> anyhow::Resul
         model: model.source.clone(),
         architecture: model.metadata.architecture.clone(),
         engine: model.engine.describe(),
+        precision: args.precision.to_string(),
         image_size: model.metadata.input.image_size,
         batch_size: batch,
         threads: options.threads(),
@@ -170,10 +173,11 @@ pub async fn engine(global: &GlobalArgs, args: BenchEngineArgs) -> anyhow::Resul
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
         println!(
-            "{} ({}, {} px) on {}: batch {}, {} threads: {:.1} img/s, median {:.2} ms per batch, p99 {:.2} ms ({} calls; loaded in {:.2} s)",
+            "{} ({}, {} px, {}) on {}: batch {}, {} threads: {:.1} img/s, median {:.2} ms per batch, p99 {:.2} ms ({} calls; loaded in {:.2} s)",
             result.model,
             result.architecture,
             result.image_size,
+            result.precision,
             result.engine,
             result.batch_size,
             result.threads,

@@ -4,6 +4,7 @@ use std::fmt::Write;
 use std::process::ExitCode;
 
 use bestiary_dataset::{Dataset, ImageCache};
+use bestiary_engine::int8::Precision;
 use bestiary_engine::{EngineKind, EngineOptions, builtin};
 use bestiary_storage::{Store, StoreOptions};
 use bestiary_train::eval::{eval_loader, eval_samples, predict_with, training_history};
@@ -32,6 +33,7 @@ pub async fn eval(global: &GlobalArgs, args: EvalArgs) -> anyhow::Result<ExitCod
     let builtin = builtin::is_builtin(&args.model);
     let engine = match args.engine {
         Some(engine) => Some(engine),
+        None if args.precision == Precision::Int8 => Some(EngineKind::Auto),
         None if builtin || !has_burn_weights(&args.model, &store_options).await => {
             Some(EngineKind::Auto)
         }
@@ -39,7 +41,20 @@ pub async fn eval(global: &GlobalArgs, args: EvalArgs) -> anyhow::Result<ExitCod
     };
     let report = match engine {
         Some(engine) => {
-            evaluate_in_engine(&args.model, engine, &dataset, which, &store_options, cache).await?
+            let options = EngineOptions {
+                precision: args.precision,
+                ..EngineOptions::default()
+            };
+            evaluate_in_engine(
+                &args.model,
+                engine,
+                &options,
+                &dataset,
+                which,
+                &store_options,
+                cache,
+            )
+            .await?
         }
         None => evaluate(&args.model, &dataset, which, &store_options, cache).await?,
     };
@@ -83,13 +98,13 @@ async fn has_burn_weights(model_url: &str, store: &StoreOptions) -> bool {
 async fn evaluate_in_engine(
     model_url: &str,
     engine: EngineKind,
+    options: &EngineOptions,
     dataset: &Dataset,
     which: EvalSplit,
     store: &StoreOptions,
     cache: Option<ImageCache>,
 ) -> anyhow::Result<EvalReport> {
-    let model =
-        builtin::load_model(Some(model_url), engine, &EngineOptions::default(), store).await?;
+    let model = builtin::load_model(Some(model_url), engine, options, store).await?;
     let samples = eval_samples(&model.metadata, dataset, which)?;
     let loader = eval_loader(&model.metadata, samples, dataset.stores.clone(), cache);
     let classes = model.metadata.classes.len();

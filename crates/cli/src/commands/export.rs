@@ -1,5 +1,5 @@
 //! `bestiary export`: writes a stored model version's network as ONNX again, optionally with
-//! float16 weights or as a serving bundle under another root.
+//! float16 weights, as a serving bundle under another root, or as int8 (see `int8.rs`).
 
 use std::process::ExitCode;
 
@@ -13,6 +13,9 @@ use bestiary_train::stored::StoredModel;
 use crate::args::{ExportArgs, GlobalArgs};
 
 pub async fn export(global: &GlobalArgs, args: ExportArgs) -> anyhow::Result<ExitCode> {
+    if args.int8 {
+        return super::int8::export(global, args).await;
+    }
     let options = global.store_options();
     let stored = StoredModel::load(&args.model, &options).await?;
     let mut onnx = export_onnx(&stored.inference_network()?, &stored.metadata)?;

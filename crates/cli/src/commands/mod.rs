@@ -7,6 +7,7 @@ pub mod eval;
 pub mod explain;
 pub mod export;
 pub mod import;
+pub mod int8;
 pub mod package;
 pub mod serve;
 pub mod train;

@@ -86,11 +86,14 @@ pub async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitC
     let keys = config.api_keys.len();
     let engine = EngineSettings {
         kind: args.engine,
-        options: bestiary_engine::EngineOptions::for_throughput(
-            args.engine,
-            args.threads,
-            args.inference_workers,
-        ),
+        options: bestiary_engine::EngineOptions {
+            precision: args.precision,
+            ..bestiary_engine::EngineOptions::for_throughput(
+                args.engine,
+                args.threads,
+                args.inference_workers,
+            )
+        },
     };
     let server = Server::start(config, engine).await?;
     server.handle_signals()?;

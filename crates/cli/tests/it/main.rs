@@ -6,3 +6,4 @@
 mod classify;
 mod cli;
 mod explain;
+mod int8;

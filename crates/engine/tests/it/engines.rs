@@ -20,6 +20,7 @@ fn offline() -> EngineOptions {
         threads: Some(2),
         instances: 1,
         allow_download: false,
+        precision: Default::default(),
     }
 }
 

@@ -6,5 +6,6 @@
 mod common;
 mod engines;
 mod explain;
+mod int8;
 mod preprocess;
 mod throughput;

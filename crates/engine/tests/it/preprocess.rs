@@ -96,6 +96,7 @@ fn downscaled_jpegs_give_the_same_predictions() {
         threads: Some(2),
         instances: 1,
         allow_download: false,
+        precision: Default::default(),
     };
     let model = LoadedModel::from_parts(
         parts.metadata.clone(),

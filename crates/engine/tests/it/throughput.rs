@@ -23,6 +23,7 @@ fn batch_one_throughput_per_engine() {
         threads: None,
         instances: 1,
         allow_download: false,
+        precision: Default::default(),
     };
     let mut kinds = vec![EngineKind::Tract, EngineKind::Burn];
     if ort_available() {

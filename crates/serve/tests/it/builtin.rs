@@ -47,6 +47,7 @@ fn the_built_in_model_names_the_animal_in_every_api() {
                 threads: None,
                 instances: 1,
                 allow_download: false,
+                precision: Default::default(),
             },
         };
         let server = Server::start(crate::common::config(bucket.path()), engine)

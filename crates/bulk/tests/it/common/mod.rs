@@ -45,6 +45,7 @@ pub fn config(input: &str, out: &str, model: Option<&str>, store: StoreOptions) 
             threads: Some(1),
             instances: 2,
             allow_download: false,
+            precision: Default::default(),
         },
         batch_size: Some(8),
         decode_threads: 2,

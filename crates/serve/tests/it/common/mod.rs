@@ -30,6 +30,7 @@ pub fn engine() -> EngineSettings {
             threads: Some(2),
             instances: 1,
             allow_download: false,
+            precision: Default::default(),
         },
     }
 }
