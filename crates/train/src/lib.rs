@@ -1,6 +1,7 @@
 //! Training CNN classifiers with burn: architectures, the training loop, checkpoints, artifacts.
 
 pub mod arch;
+pub mod audit;
 pub mod config;
 pub mod efficientnet;
 pub mod eval;
