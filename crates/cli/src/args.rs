@@ -357,6 +357,17 @@ pub struct TrainArgs {
     #[arg(long, env = "BESTIARY_PRETRAINED")]
     pub pretrained: Option<String>,
 
+    /// EfficientNet-Lite0 only: a JSON file (path or URL) naming, for each class, the ImageNet-1k
+    /// classes it is made of (`{"dog": [151, 152, …], "cat": [281, …]}`, indices 0–999). The
+    /// model then adds what the ImageNet classifier knows to the trained head's logits, which
+    /// pays when the classes are ImageNet-like and photos are few.
+    #[arg(long, env = "BESTIARY_IMAGENET_PRIOR")]
+    pub imagenet_prior: Option<String>,
+
+    /// Weight of the ImageNet prior's log-probabilities against the trained head.
+    #[arg(long, env = "BESTIARY_IMAGENET_PRIOR_WEIGHT", default_value_t = 1.0)]
+    pub imagenet_prior_weight: f64,
+
     /// Continue the last interrupted run of this model from its checkpoint: `--resume` (or
     /// `always`) requires one; `auto` resumes when one exists and starts otherwise (what a
     /// restarted SageMaker spot job does).

@@ -19,8 +19,12 @@ pub enum ArchitectureConfig {
     SeedCnn { width: usize, depth: usize },
     /// ResNet with basic blocks: 18 or 34 layers.
     Resnet { layers: usize },
-    /// EfficientNet-Lite0 at 224 px, for transfer learning from its ImageNet weights.
-    EfficientnetLite0,
+    /// EfficientNet-Lite0 at 224 px, for transfer learning from its ImageNet weights; with
+    /// `imagenet_prior`, its logits add the ImageNet classifier's (see `imagenet_prior.rs`).
+    EfficientnetLite0 {
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        imagenet_prior: bool,
+    },
 }
 
 impl ArchitectureConfig {
@@ -31,7 +35,9 @@ impl ArchitectureConfig {
             "seed-cnn" => Ok(Self::SeedCnn { width, depth }),
             "resnet" | "resnet18" | "resnet-18" => Ok(Self::Resnet { layers: 18 }),
             "resnet34" | "resnet-34" => Ok(Self::Resnet { layers: 34 }),
-            "efficientnet-lite0" => Ok(Self::EfficientnetLite0),
+            "efficientnet-lite0" => Ok(Self::EfficientnetLite0 {
+                imagenet_prior: false,
+            }),
             other => Err(format!(
                 "unknown architecture '{other}' (seed-cnn, resnet18, resnet34, efficientnet-lite0)"
             )),
@@ -42,7 +48,7 @@ impl ArchitectureConfig {
         match self {
             Self::SeedCnn { .. } => "seed-cnn".into(),
             Self::Resnet { layers } => format!("resnet{layers}"),
-            Self::EfficientnetLite0 => "efficientnet-lite0".into(),
+            Self::EfficientnetLite0 { .. } => "efficientnet-lite0".into(),
         }
     }
 
@@ -58,8 +64,12 @@ impl ArchitectureConfig {
                 Classifier::SeedCnn(SeedCnn::new(*width, *depth, classes, device))
             }
             Self::Resnet { layers } => Classifier::Resnet(Resnet::new(*layers, classes, device)),
-            Self::EfficientnetLite0 => {
-                Classifier::EfficientnetLite0(EfficientNetLite0::with_classes(classes, device))
+            Self::EfficientnetLite0 { imagenet_prior } => {
+                Classifier::EfficientnetLite0(if *imagenet_prior {
+                    EfficientNetLite0::with_prior(classes, device)
+                } else {
+                    EfficientNetLite0::with_classes(classes, device)
+                })
             }
         }
     }

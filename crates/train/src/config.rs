@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::arch::ArchitectureConfig;
+use crate::imagenet_prior::ImagenetPriorConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -48,6 +49,10 @@ pub struct TrainConfig {
     /// first use.
     #[serde(default)]
     pub pretrained: Option<String>,
+    /// For EfficientNet-Lite0: which ImageNet classes make up each class, to add the ImageNet
+    /// classifier's knowledge to the trained head (`--imagenet-prior`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imagenet_prior: Option<ImagenetPriorConfig>,
 }
 
 impl TrainConfig {
@@ -103,6 +108,7 @@ mod tests {
             balance_classes: false,
             seed: 0,
             pretrained: None,
+            imagenet_prior: None,
         }
     }
 

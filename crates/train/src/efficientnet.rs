@@ -8,6 +8,7 @@
 
 use std::path::Path;
 
+use crate::imagenet_prior::ImagenetPrior;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
@@ -142,6 +143,9 @@ pub struct EfficientNetLite0 {
     pub conv_head: Conv2d,
     pub bn1: BatchNorm,
     pub fc: Linear,
+    /// What the ImageNet classifier knows about the classes, added to `fc`'s logits (a transfer
+    /// model trained with `--imagenet-prior`); `None` for plain heads and ImageNet itself.
+    pub prior: Option<ImagenetPrior>,
 }
 
 impl EfficientNetLite0 {
@@ -173,6 +177,15 @@ impl EfficientNetLite0 {
             conv_head,
             bn1: batch_norm(FEATURES, device),
             fc: LinearConfig::new(FEATURES, classes).init(device),
+            prior: None,
+        }
+    }
+
+    /// A blank network with `classes` outputs and an ImageNet prior, for loading stored weights.
+    pub fn with_prior(classes: usize, device: &Device) -> Self {
+        Self {
+            prior: Some(ImagenetPrior::blank(classes, device)),
+            ..Self::with_classes(classes, device)
         }
     }
 
@@ -193,9 +206,18 @@ impl EfficientNetLite0 {
         relu6(self.bn1.forward(self.conv_head.forward(x)))
     }
 
-    /// ImageNet logits `[batch, 1000]` (before softmax).
+    /// Logits `[batch, classes]` (before softmax): ImageNet's for the pretrained network.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        self.fc.forward(self.features(images))
+        self.logits(self.features(images))
+    }
+
+    /// The logits of pooled features: the head's, plus the ImageNet prior's when there is one.
+    pub fn logits(&self, features: Tensor<2>) -> Tensor<2> {
+        let head = self.fc.forward(features.clone());
+        match &self.prior {
+            Some(prior) => head + prior.log_prior(features),
+            None => head,
+        }
     }
 
     /// The network with the reference weights from an `efficientnet_lite_pytorch` state dict in

@@ -8,6 +8,7 @@ use burn::prelude::*;
 
 use crate::arch::{BasicBlock, Classifier, ConvBnRelu, Resnet, SeedCnn};
 use crate::efficientnet::{self, EfficientNetLite0, MbConv};
+use crate::imagenet_prior::ImagenetPrior;
 
 /// Name of the graph input: float32 `[N, 3, size, size]`, normalised as the metadata says.
 pub const INPUT: &str = "input";
@@ -259,7 +260,56 @@ fn efficientnet_graph(
         x = mb_conv(graph, &x, block)?;
     }
     x = conv_bn_clip(graph, &x, &model.conv_head, &model.bn1, true)?;
-    Ok(head(graph, &x, &model.fc))
+    let mut outputs = head(graph, &x, &model.fc);
+    if let Some(prior) = &model.prior {
+        outputs.logits = imagenet_prior(graph, &outputs.features, &outputs.logits, prior);
+    }
+    Ok(outputs)
+}
+
+/// `logits + w · log(softmax(imagenet(features)) · membership + ε)`, as `ImagenetPrior` computes
+/// it. The class-activation output stays the trained head's alone: the prior is not linear in
+/// the feature map.
+fn imagenet_prior(
+    graph: &mut GraphBuilder,
+    features: &Value,
+    logits: &Value,
+    prior: &ImagenetPrior,
+) -> Value {
+    let [inputs, imagenet_classes] = prior.imagenet.weight.val().dims();
+    let bias = prior.imagenet.bias.as_ref().map(|b| values(b.val()));
+    let imagenet = graph.gemm(
+        features,
+        &values(prior.imagenet.weight.val()),
+        inputs,
+        imagenet_classes,
+        bias.as_deref(),
+    );
+    let probabilities = graph.softmax(&imagenet, 1);
+    let membership = prior.membership_values();
+    let classes = membership.len() / imagenet_classes;
+    let epsilon = vec![crate::imagenet_prior::EPSILON; classes];
+    let grouped = graph.gemm(
+        &probabilities,
+        &membership,
+        imagenet_classes,
+        classes,
+        Some(&epsilon),
+    );
+    let log = graph.log(&grouped);
+    // The weight as a diagonal matrix: one more tiny Gemm instead of a new Mul operator.
+    let weight = prior.weight_value();
+    let diagonal: Vec<f32> = (0..classes * classes)
+        .map(|i| {
+            if i / classes == i % classes {
+                weight
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let weighted = graph.gemm(&log, &diagonal, classes, classes, None);
+    graph.add(logits, &weighted)
 }
 
 /// The ONNX model of EfficientNet-Lite0 for `[N, 3, 224, 224]` inputs normalised as

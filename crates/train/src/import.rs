@@ -277,7 +277,9 @@ pub async fn import_efficientnet_lite0(
     let network = efficientnet_from_wheel(&wheel_bytes, &device)?;
     let classes = imagenet_class_names()?;
 
-    let architecture = ArchitectureConfig::EfficientnetLite0;
+    let architecture = ArchitectureConfig::EfficientnetLite0 {
+        imagenet_prior: false,
+    };
     let mut metadata = ModelMetadata::new(
         name,
         &architecture.name(),

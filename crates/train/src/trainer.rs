@@ -170,7 +170,7 @@ pub struct TrainOutcome {
 /// (x − 127) / 128); the networks trained from scratch use [`input_spec`].
 pub fn input_spec_for(config: &TrainConfig) -> InputSpec {
     match config.architecture {
-        ArchitectureConfig::EfficientnetLite0 => InputSpec {
+        ArchitectureConfig::EfficientnetLite0 { .. } => InputSpec {
             image_size: crate::efficientnet::IMAGE_SIZE as u32,
             normalization: Normalization::efficientnet_lite(),
             crop_fraction: CROP_FRACTION,
@@ -228,7 +228,7 @@ pub async fn train_with(
         None => run_folder(repository, name)?,
     };
     let resume = options.resume;
-    if config.architecture == ArchitectureConfig::EfficientnetLite0 {
+    if matches!(config.architecture, ArchitectureConfig::EfficientnetLite0 { .. }) {
         let mut observer = observer;
         let options = repository.options().clone();
         return crate::transfer::train_transfer(

@@ -16,9 +16,10 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use crate::arch::{Classifier, seeded};
+use crate::arch::{ArchitectureConfig, Classifier, seeded};
 use crate::config::TrainConfig;
-use crate::efficientnet::{EfficientNetLite0, FEATURES};
+use crate::efficientnet::{CLASSES as IMAGENET_CLASSES, EfficientNetLite0, FEATURES};
+use crate::imagenet_prior::ImagenetPrior;
 use crate::stored::StoredModel;
 use crate::trainer::{
     EpochMetrics, Result, RunState, TrainError, TrainObserver, TrainOutcome, correct,
@@ -29,7 +30,7 @@ use crate::trainer::{
 const IMPORTED_NAME: &str = "efficientnet-lite0";
 
 /// Name of the feature cache in the run folder.
-const FEATURE_CACHE: &str = "features.bin";
+pub(crate) const FEATURE_CACHE: &str = "features.bin";
 const FEATURE_MAGIC: &[u8; 6] = b"BSTF1\n";
 
 /// The pretrained backbone a run starts from: an imported model version (by URL) or the
@@ -87,7 +88,7 @@ fn backbone_of(stored: StoredModel, device: &Device) -> Result<EfficientNetLite0
 }
 
 /// Cached features, by a hash of the photo's URL, ETag and size.
-type FeatureCache = HashMap<u128, Vec<f32>>;
+pub(crate) type FeatureCache = HashMap<u128, Vec<f32>>;
 
 fn feature_key(dataset: &Dataset, sample: &Sample) -> Option<u128> {
     let etag = sample.etag.as_deref()?;
@@ -99,7 +100,7 @@ fn feature_key(dataset: &Dataset, sample: &Sample) -> Option<u128> {
     Some(xxhash_rust::xxh3::xxh3_128(text.as_bytes()))
 }
 
-fn decode_cache(bytes: &[u8]) -> FeatureCache {
+pub(crate) fn decode_cache(bytes: &[u8]) -> FeatureCache {
     let mut cache = FeatureCache::new();
     let Some(body) = bytes.strip_prefix(FEATURE_MAGIC.as_slice()) else {
         return cache;
@@ -116,7 +117,7 @@ fn decode_cache(bytes: &[u8]) -> FeatureCache {
     cache
 }
 
-fn encode_cache(cache: &FeatureCache) -> Vec<u8> {
+pub(crate) fn encode_cache(cache: &FeatureCache) -> Vec<u8> {
     let mut bytes = FEATURE_MAGIC.to_vec();
     let mut keys: Vec<&u128> = cache.keys().collect();
     keys.sort();
@@ -131,7 +132,7 @@ fn encode_cache(cache: &FeatureCache) -> Vec<u8> {
 
 /// Features of every sample (None for unreadable photos), computing only those not cached.
 #[allow(clippy::too_many_arguments)]
-async fn features(
+pub(crate) async fn features(
     backbone: &EfficientNetLite0,
     dataset: &Dataset,
     samples: &[Sample],
@@ -215,6 +216,67 @@ fn accuracy(logits: &Tensor<2>, labels: &[i64]) -> f64 {
     correct(logits, labels.iter().map(|&l| l as usize)) as f64 / labels.len().max(1) as f64
 }
 
+/// The ImageNet prior `config` asks for, built from the backbone's ImageNet classifier.
+pub(crate) fn imagenet_prior(
+    config: &TrainConfig,
+    dataset: &Dataset,
+    backbone: &EfficientNetLite0,
+) -> Result<Option<ImagenetPrior>> {
+    let flagged = matches!(
+        config.architecture,
+        ArchitectureConfig::EfficientnetLite0 {
+            imagenet_prior: true
+        }
+    );
+    let Some(spec) = &config.imagenet_prior else {
+        if flagged {
+            return Err(TrainError::Invalid(
+                "the architecture asks for an ImageNet prior but none is given (--imagenet-prior)"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    };
+    if !flagged {
+        return Err(TrainError::Invalid(
+            "--imagenet-prior needs --arch efficientnet-lite0".into(),
+        ));
+    }
+    let groups = spec
+        .groups_for(&dataset.classes)
+        .map_err(TrainError::Invalid)?;
+    let [_, outputs] = backbone.fc.weight.val().dims();
+    if outputs != IMAGENET_CLASSES || backbone.prior.is_some() {
+        return Err(TrainError::Invalid(format!(
+            "--imagenet-prior needs the ImageNet classifier, but the --pretrained model has {outputs} \
+             classes: start from the imported ImageNet EfficientNet-Lite0"
+        )));
+    }
+    Ok(Some(ImagenetPrior::new(
+        backbone.fc.clone(),
+        &groups,
+        spec.weight as f32,
+        &Device::flex(),
+    )))
+}
+
+/// The prior's logits (`photos × classes`) of feature rows (`photos × 1280`).
+fn prior_logits(prior: &ImagenetPrior, rows: &[f32]) -> Vec<f32> {
+    let photos = rows.len() / FEATURES;
+    if photos == 0 {
+        return Vec::new();
+    }
+    let features = Tensor::<2>::from_data(
+        TensorData::new(rows.to_vec(), [photos, FEATURES]),
+        &Device::flex(),
+    );
+    prior
+        .log_prior(features)
+        .into_data()
+        .try_to_vec()
+        .expect("prior logits are f32")
+}
+
 /// Trains a new head on a frozen EfficientNet-Lite0 and stores backbone + head as a version.
 #[allow(clippy::too_many_arguments)]
 pub async fn train_transfer(
@@ -228,6 +290,7 @@ pub async fn train_transfer(
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainOutcome> {
     let backbone = load_backbone(&config, repository, options).await?;
+    let prior = imagenet_prior(&config, dataset, &backbone)?;
     let mut cache = match run.get(FEATURE_CACHE).await {
         Ok(bytes) => decode_cache(&bytes),
         Err(e) if e.is_not_found() => FeatureCache::new(),
@@ -257,13 +320,16 @@ pub async fn train_transfer(
     run.put(FEATURE_CACHE, encode_cache(&cache)).await?;
     let (train_rows, train_labels) = matrix(train_features, &dataset.train);
     let (validation_rows, validation_labels) = matrix(validation_features, &dataset.validation);
+    // The prior's logits depend only on the frozen features: computed once per photo.
+    let classes = dataset.classes.len();
+    let train_prior = prior.as_ref().map(|p| prior_logits(p, &train_rows));
+    let validation_prior = prior.as_ref().map(|p| prior_logits(p, &validation_rows));
     if train_labels.is_empty() {
         return Err(TrainError::Invalid(
             "no training photo could be read (see the bad files)".into(),
         ));
     }
 
-    let classes = dataset.classes.len();
     let device = training_device();
     let plain = device.clone().without_autodiff();
     let mut head: Linear = seeded(&device, config.seed, || {
@@ -306,10 +372,21 @@ pub async fn train_transfer(
                 .flat_map(|&i| train_rows[i * FEATURES..(i + 1) * FEATURES].iter().copied())
                 .collect();
             let labels: Vec<i64> = chunk.iter().map(|&i| train_labels[i]).collect();
-            let logits = head.forward(Tensor::<2>::from_data(
+            let mut logits = head.forward(Tensor::<2>::from_data(
                 TensorData::new(rows, [chunk.len(), FEATURES]),
                 &device,
             ));
+            if let Some(prior) = &train_prior {
+                let rows: Vec<f32> = chunk
+                    .iter()
+                    .flat_map(|&i| prior[i * classes..(i + 1) * classes].iter().copied())
+                    .collect();
+                logits = logits
+                    + Tensor::<2>::from_data(
+                        TensorData::new(rows, [chunk.len(), classes]),
+                        &device,
+                    );
+            }
             let loss = loss_function.forward(
                 logits.clone(),
                 Tensor::<1, Int>::from_data(
@@ -330,7 +407,14 @@ pub async fn train_transfer(
         }
         let (validation_loss, validation_accuracy) = match &validation_input {
             Some(input) => {
-                let logits = head.valid().forward(input.clone());
+                let mut logits = head.valid().forward(input.clone());
+                if let Some(prior) = &validation_prior {
+                    logits = logits
+                        + Tensor::<2>::from_data(
+                            TensorData::new(prior.clone(), [validation_labels.len(), classes]),
+                            &plain,
+                        );
+                }
                 let targets = Tensor::<1, Int>::from_data(
                     TensorData::new(validation_labels.clone(), [validation_labels.len()]),
                     &plain,
@@ -376,6 +460,7 @@ pub async fn train_transfer(
 
     let mut network = backbone;
     network.fc = best_head.valid();
+    network.prior = prior;
     let weights = weights_to_bytes(&Classifier::EfficientnetLite0(network))?;
     store_version(
         repository,

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bestiary_dataset::ImageCache;
 use bestiary_model::ModelRepository;
 use bestiary_storage::Store;
+use bestiary_train::imagenet_prior::ImagenetPriorConfig;
 use bestiary_train::trainer::input_spec_for;
 use bestiary_train::{
     ArchitectureConfig, EpochMetrics, OptimizerKind, Resume, RunOptions, Schedule, TrainConfig,
@@ -137,14 +138,47 @@ fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
+/// The `--imagenet-prior` file: `{"class": [ImageNet index, …], …}`.
+async fn read_imagenet_prior(
+    global: &GlobalArgs,
+    location: &str,
+    weight: f64,
+) -> anyhow::Result<ImagenetPriorConfig> {
+    let (store, key) = Store::open_object(location, &global.store_options())?;
+    let bytes = store
+        .get(&key)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read --imagenet-prior {location}: {e}"))?;
+    let groups = serde_json::from_slice(&bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "--imagenet-prior {location} should map each class to a list of ImageNet-1k indices: {e}"
+        )
+    })?;
+    Ok(ImagenetPriorConfig { groups, weight })
+}
+
 pub async fn train(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.epochs > 0 && args.batch_size > 0,
         "--epochs and --batch-size must be positive"
     );
     anyhow::ensure!(args.image_size >= 16, "--image-size must be at least 16");
-    let architecture = ArchitectureConfig::from_name(&args.arch, args.width, args.depth)
+    let mut architecture = ArchitectureConfig::from_name(&args.arch, args.width, args.depth)
         .map_err(anyhow::Error::msg)?;
+    let imagenet_prior = match &args.imagenet_prior {
+        Some(location) => {
+            let ArchitectureConfig::EfficientnetLite0 { imagenet_prior } = &mut architecture else {
+                anyhow::bail!("--imagenet-prior needs --arch efficientnet-lite0");
+            };
+            *imagenet_prior = true;
+            anyhow::ensure!(
+                args.imagenet_prior_weight.is_finite() && args.imagenet_prior_weight > 0.0,
+                "--imagenet-prior-weight must be a positive number"
+            );
+            Some(read_imagenet_prior(global, location, args.imagenet_prior_weight).await?)
+        }
+        None => None,
+    };
     let config = TrainConfig {
         architecture,
         image_size: args.image_size,
@@ -169,6 +203,7 @@ pub async fn train(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<ExitC
         balance_classes: args.balance_classes,
         seed: args.seed,
         pretrained: args.pretrained.clone(),
+        imagenet_prior,
     };
     let hidden = global.quiet || args.json;
     let dataset = super::open_dataset(global, &args.data, &args.split, hidden).await?;

@@ -157,6 +157,15 @@ impl GraphBuilder {
         self.settle(name, result)
     }
 
+    /// Element-wise natural logarithm.
+    pub fn log(&mut self, x: &Value) -> Value {
+        let name = self.fresh_name("log");
+        let result = self
+            .shape_of(x)
+            .and_then(|shape| self.push_node(&name, "Log", vec![x.0.clone()], Vec::new(), shape));
+        self.settle(name, result)
+    }
+
     /// Clip with min/max given as initializer inputs (opset 13 style), e.g. ReLU6.
     pub fn clip(&mut self, x: &Value, min: f32, max: f32) -> Value {
         let name = self.fresh_name("clip");

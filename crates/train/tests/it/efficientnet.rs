@@ -159,3 +159,78 @@ fn a_state_dict_with_an_unknown_tensor_is_refused() {
     println!("refused: {error}");
     assert!(error.contains("fc"), "{error}");
 }
+
+#[test]
+fn a_network_with_an_imagenet_prior_exports_the_same_logits_and_reloads_whole() {
+    use bestiary_train::arch::{ArchitectureConfig, Classifier};
+    use bestiary_train::imagenet_prior::ImagenetPrior;
+    use bestiary_train::trainer::{weights_from_bytes, weights_to_bytes};
+    use burn::nn::LinearConfig;
+
+    // Random weights suffice: the test is about the prior's arithmetic in burn and in ONNX.
+    let device = Device::flex();
+    let imagenet = EfficientNetLite0::new(&device);
+    let groups = vec![
+        (151..269).collect(),
+        vec![281, 282, 283, 284, 285],
+        vec![339],
+    ];
+    let mut model = EfficientNetLite0::with_classes(3, &device);
+    model.prior = Some(ImagenetPrior::new(
+        imagenet.fc.clone(),
+        &groups,
+        0.8,
+        &device,
+    ));
+    model.fc = LinearConfig::new(FEATURES, 3).init(&device);
+
+    let input = random_input();
+    let images = Tensor::<4>::from_data(
+        TensorData::new(input.clone(), [BATCH, 3, IMAGE_SIZE, IMAGE_SIZE]),
+        &device,
+    );
+    let expected: Vec<f32> = model.forward(images).into_data().try_to_vec().unwrap();
+    let head_only: Vec<f32> = model
+        .fc
+        .forward(model.features(Tensor::from_data(
+            TensorData::new(input.clone(), [BATCH, 3, IMAGE_SIZE, IMAGE_SIZE]),
+            &device,
+        )))
+        .into_data()
+        .try_to_vec()
+        .unwrap();
+    assert!(
+        max_abs_diff(&expected, &head_only) > 1e-2,
+        "the prior changes the logits"
+    );
+
+    let metadata = bestiary_model::ModelMetadata::new(
+        "m",
+        "efficientnet-lite0",
+        vec!["dog".into(), "cat".into(), "horse".into()],
+        bestiary_train::trainer::input_spec(IMAGE_SIZE as u32),
+    );
+    let classifier = Classifier::EfficientnetLite0(model);
+    let onnx = bestiary_train::export::export_onnx(&classifier, &metadata).unwrap();
+    let actual = run_onnx(&onnx, input.clone(), &["logits"]);
+    let diff = max_abs_diff(&expected, &actual[0]);
+    println!("burn vs ONNX with the ImageNet prior: max abs diff {diff:e}");
+    assert!(diff < TOLERANCE, "exported logits differ by {diff}");
+
+    // Stored weights load back into the blank network the architecture names.
+    let bytes = weights_to_bytes(&classifier).unwrap();
+    let blank = ArchitectureConfig::EfficientnetLite0 {
+        imagenet_prior: true,
+    }
+    .init(3, &device);
+    let reloaded = weights_from_bytes(blank, bytes).unwrap();
+    let again: Vec<f32> = reloaded
+        .forward(Tensor::from_data(
+            TensorData::new(input, [BATCH, 3, IMAGE_SIZE, IMAGE_SIZE]),
+            &device,
+        ))
+        .into_data()
+        .try_to_vec()
+        .unwrap();
+    assert_eq!(again, expected);
+}

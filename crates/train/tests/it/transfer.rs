@@ -29,7 +29,9 @@ async fn a_new_head_on_the_pretrained_backbone_learns_and_is_stored_whole() {
     let repository =
         ModelRepository::open(out.path().to_str().unwrap(), &StoreOptions::default()).unwrap();
     let mut settings = config(15);
-    settings.architecture = ArchitectureConfig::EfficientnetLite0;
+    settings.architecture = ArchitectureConfig::EfficientnetLite0 {
+        imagenet_prior: false,
+    };
     settings.learning_rate = 1e-2;
     settings.pretrained = Some(reference.to_str().unwrap().to_string());
 

@@ -21,5 +21,6 @@ pub fn config(epochs: usize) -> TrainConfig {
         balance_classes: false,
         seed: 5,
         pretrained: None,
+        imagenet_prior: None,
     }
 }
