@@ -410,8 +410,20 @@ pub(crate) async fn store_version(
             cache.clone(),
         )
         .await?;
-        metadata.calibration =
-            calibration::fit(&predictions.logits, &predictions.labels, DEFAULT_ACCEPTANCE);
+        // A head with an ImageNet prior keeps in its logits how little any class matched; the
+        // energy score reads that, max-softmax normalises it away (see `calibration::fit_with`).
+        let method = match state.config.architecture {
+            ArchitectureConfig::EfficientnetLite0 {
+                imagenet_prior: true,
+            } => calibration::ENERGY,
+            _ => calibration::MAX_SOFTMAX,
+        };
+        metadata.calibration = calibration::fit_with(
+            &predictions.logits,
+            &predictions.labels,
+            DEFAULT_ACCEPTANCE,
+            method,
+        );
         let report = EvalReport::from_predictions(
             &metadata.name,
             &metadata.version,

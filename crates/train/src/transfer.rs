@@ -354,6 +354,7 @@ pub async fn train_transfer(
 
     let mut state = RunState::new(&config, dataset);
     let mut best_head = head.clone();
+    let mut best_score: Option<(f64, f64)> = None;
     let mut stale = 0;
     for epoch in 0..config.epochs {
         observer.epoch_started(epoch, config.epochs, steps_per_epoch);
@@ -441,10 +442,19 @@ pub async fn train_transfer(
             images_per_second: n as f64 / started.elapsed().as_secs_f64(),
             seconds: started.elapsed().as_secs_f64(),
         };
-        let score = validation_accuracy.unwrap_or(epoch as f64);
-        if state.best_accuracy.is_none_or(|best| score > best) {
+        // Equal accuracies (common with few validation photos) go to the lower validation loss,
+        // so a barely trained first epoch does not win by coming first; without validation
+        // photos the last epoch is kept and no accuracy is claimed.
+        let better = match validation_accuracy.zip(validation_loss) {
+            Some((accuracy, loss)) => best_score.is_none_or(|(best_accuracy, best_loss)| {
+                accuracy > best_accuracy || (accuracy == best_accuracy && loss < best_loss)
+            }),
+            None => true,
+        };
+        if better {
+            best_score = validation_accuracy.zip(validation_loss);
             state.best_epoch = Some(epoch);
-            state.best_accuracy = Some(score);
+            state.best_accuracy = validation_accuracy;
             best_head = head.clone();
             stale = 0;
         } else {
