@@ -4,6 +4,7 @@
 //! so separate files would multiply link time and disk use in CI.
 
 mod common;
+mod audit;
 mod efficientnet;
 mod eval;
 mod import;
