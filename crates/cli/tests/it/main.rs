@@ -3,6 +3,7 @@
 //! One test binary per crate: each links the whole inference and training stack (~130 MB),
 //! so separate files would multiply link time and disk use in CI.
 
+mod audit;
 mod classify;
 mod cli;
 mod explain;

@@ -492,32 +492,32 @@ fn unknown_verdicts(
             })
             .collect()
     };
-    if let Some(judge) = judge {
-        if let Some(calibration) = judge.calibration.as_ref().filter(|c| c.unknown.is_some()) {
-            let device = Device::flex();
-            let rows = matrix.len() / FEATURES;
-            let features =
-                Tensor::<2>::from_data(TensorData::new(matrix.to_vec(), [rows, FEATURES]), &device);
-            let values: Vec<f32> = judge
-                .network
-                .logits(features)
-                .into_data()
-                .try_to_vec()
-                .expect("logits are f32");
-            let classes = values.len() / rows.max(1);
-            let logits: Vec<Vec<f32>> = values.chunks(classes).map(<[f32]>::to_vec).collect();
-            let detector = calibration.unknown.as_ref().expect("checked");
-            return (
-                judged(&logits, calibration),
-                format!(
-                    "{} of --model {} (threshold {:.3}, {:.0}% acceptance on its validation photos)",
-                    detector.method,
-                    judge.url,
-                    detector.threshold,
-                    detector.acceptance * 100.0
-                ),
-            );
-        }
+    if let Some(judge) = judge
+        && let Some(calibration) = judge.calibration.as_ref().filter(|c| c.unknown.is_some())
+    {
+        let device = Device::flex();
+        let rows = matrix.len() / FEATURES;
+        let features =
+            Tensor::<2>::from_data(TensorData::new(matrix.to_vec(), [rows, FEATURES]), &device);
+        let values: Vec<f32> = judge
+            .network
+            .logits(features)
+            .into_data()
+            .try_to_vec()
+            .expect("logits are f32");
+        let classes = values.len() / rows.max(1);
+        let logits: Vec<Vec<f32>> = values.chunks(classes).map(<[f32]>::to_vec).collect();
+        let detector = calibration.unknown.as_ref().expect("checked");
+        return (
+            judged(&logits, calibration),
+            format!(
+                "{} of --model {} (threshold {:.3}, {:.0}% acceptance on its validation photos)",
+                detector.method,
+                judge.url,
+                detector.threshold,
+                detector.acceptance * 100.0
+            ),
+        );
     }
     match fitted {
         Some(calibration) => {
