@@ -5,7 +5,6 @@
 
 mod audit;
 mod common;
-mod audit;
 mod efficientnet;
 mod eval;
 mod import;
