@@ -202,7 +202,11 @@ pub fn fit_with(
     let probabilities =
         |t: f32| -> Vec<Vec<f32>> { logits.iter().map(|row| softmax_at(row, t)).collect() };
     let calibrated = probabilities(temperature);
-    let method = if method == ENERGY { ENERGY } else { MAX_SOFTMAX };
+    let method = if method == ENERGY {
+        ENERGY
+    } else {
+        MAX_SOFTMAX
+    };
     let mut scores: Vec<f32> = calibrated
         .iter()
         .zip(logits)

@@ -228,7 +228,10 @@ pub async fn train_with(
         None => run_folder(repository, name)?,
     };
     let resume = options.resume;
-    if matches!(config.architecture, ArchitectureConfig::EfficientnetLite0 { .. }) {
+    if matches!(
+        config.architecture,
+        ArchitectureConfig::EfficientnetLite0 { .. }
+    ) {
         let mut observer = observer;
         let options = repository.options().clone();
         return crate::transfer::train_transfer(
