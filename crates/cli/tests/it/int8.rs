@@ -87,7 +87,8 @@ fn export_int8_writes_and_records_the_graph_that_precision_int8_runs() {
     let version = std::fs::read_dir(out.path().join("tiny"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
-        .find(|path| path.is_dir())
+        // `tiny/training` (the run's checkpoints) sits beside the version folder.
+        .find(|path| path.join("model.json").is_file())
         .unwrap();
     assert!(version.join("model.int8.onnx").is_file());
     let metadata: serde_json::Value =
