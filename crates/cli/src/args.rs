@@ -453,6 +453,26 @@ pub struct TrainArgs {
     #[arg(long, env = "BESTIARY_IMAGENET_PRIOR_WEIGHT", default_value_t = 1.0)]
     pub imagenet_prior_weight: f64,
 
+    /// EfficientNet-Lite0 only: train the pretrained backbone too, not just a new head on its
+    /// frozen features (slower: every epoch runs the network forward and backward on augmented
+    /// photos).
+    #[arg(long, env = "BESTIARY_FINE_TUNE")]
+    pub fine_tune: bool,
+
+    /// With --fine-tune: train only the last N of the 16 MBConv blocks (and the head
+    /// convolution); by default the whole backbone trains.
+    #[arg(long, env = "BESTIARY_UNFREEZE_BLOCKS")]
+    pub unfreeze_blocks: Option<usize>,
+
+    /// With --fine-tune: the backbone's learning rate as a fraction of the new head's --lr.
+    #[arg(long, env = "BESTIARY_BACKBONE_LR_FACTOR", default_value_t = 0.1)]
+    pub backbone_lr_factor: f64,
+
+    /// With --fine-tune: batch norm keeps the pretrained running statistics (its scale and shift
+    /// still train); false normalises with each batch's statistics.
+    #[arg(long, env = "BESTIARY_FREEZE_BATCH_NORM", default_value_t = true, action = clap::ArgAction::Set)]
+    pub freeze_batch_norm: bool,
+
     /// Continue the last interrupted run of this model from its checkpoint: `--resume` (or
     /// `always`) requires one; `auto` resumes when one exists and starts otherwise (what a
     /// restarted SageMaker spot job does).

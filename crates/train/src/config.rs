@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::arch::ArchitectureConfig;
+use crate::fine_tune::FineTune;
 use crate::imagenet_prior::ImagenetPriorConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +54,10 @@ pub struct TrainConfig {
     /// classifier's knowledge to the trained head (`--imagenet-prior`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imagenet_prior: Option<ImagenetPriorConfig>,
+    /// For EfficientNet-Lite0: train the pretrained backbone too (`--fine-tune`), in the
+    /// from-scratch trainer's loop, instead of a head on cached frozen features.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fine_tune: Option<FineTune>,
 }
 
 impl TrainConfig {
@@ -109,6 +114,7 @@ mod tests {
             seed: 0,
             pretrained: None,
             imagenet_prior: None,
+            fine_tune: None,
         }
     }
 

@@ -6,6 +6,7 @@ pub mod config;
 pub mod efficientnet;
 pub mod eval;
 pub mod export;
+pub mod fine_tune;
 pub mod imagenet_prior;
 pub mod import;
 pub mod report;

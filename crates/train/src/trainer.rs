@@ -231,7 +231,8 @@ pub async fn train_with(
     if matches!(
         config.architecture,
         ArchitectureConfig::EfficientnetLite0 { .. }
-    ) {
+    ) && config.fine_tune.is_none()
+    {
         let mut observer = observer;
         let options = repository.options().clone();
         return crate::transfer::train_transfer(
@@ -274,10 +275,20 @@ pub async fn train_with(
         }
     }
 
+    // Fine-tuning starts from the pretrained network (fetched here, where the storage is async);
+    // a resumed run then loads its checkpoint over it.
+    let initial_weights = match &config.fine_tune {
+        Some(fine_tune) => {
+            fine_tune.check().map_err(TrainError::Invalid)?;
+            Some(crate::fine_tune::initial_weights(&config, dataset, repository).await?)
+        }
+        None => None,
+    };
+    let input = input_spec_for(&config);
     let loader = |samples, augment: bool, shuffle: bool| {
-        let mut loader_config = LoaderConfig::new(config.image_size, config.batch_size);
-        loader_config.normalization = Normalization::imagenet();
-        loader_config.crop_fraction = CROP_FRACTION;
+        let mut loader_config = LoaderConfig::new(input.image_size, config.batch_size);
+        loader_config.normalization = input.normalization.clone();
+        loader_config.crop_fraction = input.crop_fraction;
         loader_config.augment = augment.then(AugmentConfig::default);
         loader_config.shuffle = shuffle;
         loader_config.seed = config.seed;
@@ -301,6 +312,7 @@ pub async fn train_with(
         training_loop(
             config,
             previous.unwrap_or(fresh_state),
+            initial_weights,
             train_loader.clone(),
             validation_loader.clone(),
             class_weights,
@@ -607,6 +619,7 @@ pub(crate) fn correct(logits: &Tensor<2>, labels: impl IntoIterator<Item = usize
 fn training_loop(
     config: TrainConfig,
     mut state: RunState,
+    initial_weights: Option<Vec<u8>>,
     train_loader: Loader,
     validation_loader: Loader,
     class_weights: Option<Vec<f32>>,
@@ -637,6 +650,11 @@ fn training_loop(
                 optimizer_state.to_vec(),
             ))
             .map_err(|e| TrainError::Checkpoint(format!("cannot load optimizer state: {e}")))?;
+    } else if let Some(weights) = initial_weights {
+        model = weights_from_bytes(model, weights)?;
+    }
+    if let Some(fine_tune) = &config.fine_tune {
+        model = crate::fine_tune::prepare(model, fine_tune)?;
     }
     let loss_function = CrossEntropyLossConfig::new()
         .with_smoothing((config.label_smoothing > 0.0).then_some(config.label_smoothing))
@@ -683,8 +701,19 @@ fn training_loop(
                 .try_to_vec::<f32>()
                 .expect("loss is f32")[0] as f64;
             right += correct(&logits, batch.labels.iter().map(|&l| l as usize));
-            let gradients = GradientsParams::from_grads(loss.backward(), &model);
-            model = optimizer.step(learning_rate, model, gradients);
+            model = match &config.fine_tune {
+                Some(fine_tune) => crate::fine_tune::step(
+                    &mut optimizer,
+                    model,
+                    loss.backward(),
+                    learning_rate,
+                    fine_tune,
+                ),
+                None => {
+                    let gradients = GradientsParams::from_grads(loss.backward(), &model);
+                    optimizer.step(learning_rate, model, gradients)
+                }
+            };
             loss_sum += loss_value * batch.len() as f64;
             seen += batch.len();
             observer.batch_finished(

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bestiary_dataset::ImageCache;
 use bestiary_model::ModelRepository;
 use bestiary_storage::Store;
+use bestiary_train::fine_tune::FineTune;
 use bestiary_train::imagenet_prior::ImagenetPriorConfig;
 use bestiary_train::trainer::input_spec_for;
 use bestiary_train::{
@@ -179,6 +180,26 @@ pub async fn train(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<ExitC
         }
         None => None,
     };
+    let fine_tune = if args.fine_tune {
+        anyhow::ensure!(
+            matches!(architecture, ArchitectureConfig::EfficientnetLite0 { .. }),
+            "--fine-tune starts from ImageNet weights, which Bestiary imports only for \
+             --arch efficientnet-lite0"
+        );
+        let fine_tune = FineTune {
+            blocks: args.unfreeze_blocks,
+            backbone_lr_factor: args.backbone_lr_factor,
+            freeze_batch_norm: args.freeze_batch_norm,
+        };
+        fine_tune.check().map_err(anyhow::Error::msg)?;
+        Some(fine_tune)
+    } else {
+        anyhow::ensure!(
+            args.unfreeze_blocks.is_none(),
+            "--unfreeze-blocks needs --fine-tune"
+        );
+        None
+    };
     let config = TrainConfig {
         architecture,
         image_size: args.image_size,
@@ -204,6 +225,7 @@ pub async fn train(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<ExitC
         seed: args.seed,
         pretrained: args.pretrained.clone(),
         imagenet_prior,
+        fine_tune,
     };
     let hidden = global.quiet || args.json;
     let dataset = super::open_dataset(global, &args.data, &args.split, hidden).await?;

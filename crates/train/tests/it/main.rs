@@ -7,6 +7,7 @@ mod audit;
 mod common;
 mod efficientnet;
 mod eval;
+mod fine_tune;
 mod import;
 mod train;
 mod transfer;

@@ -22,5 +22,6 @@ pub fn config(epochs: usize) -> TrainConfig {
         seed: 5,
         pretrained: None,
         imagenet_prior: None,
+        fine_tune: None,
     }
 }
