@@ -3,8 +3,8 @@
 //!
 //! It is `models/animals` in the repository (a normal model repository, so `--model
 //! models/animals` reads the same files), rebuilt by `scripts/build-default-model`:
-//! EfficientNet-Lite0 with ImageNet weights (Apache-2.0) and a linear head for the ten animals,
-//! stored with float16 weights.
+//! EfficientNet-Lite0 with ImageNet weights (Apache-2.0), a linear head for the ten animals on
+//! top of the ImageNet classifier's own view of them, stored with float16 weights.
 
 use bestiary_model::ModelMetadata;
 
@@ -108,8 +108,9 @@ mod tests {
         );
         assert_eq!(metadata.input.image_size, 224);
         assert_eq!(metadata.architecture, "efficientnet-lite0");
-        // Stored as float16: half the float32 graph's ~13 MB.
-        assert!(onnx().len() < 8_000_000, "{} bytes", onnx().len());
+        // Stored as float16: half the float32 graph's ~18.7 MB (the backbone and the ImageNet
+        // classifier the prior keeps).
+        assert!(onnx().len() < 10_000_000, "{} bytes", onnx().len());
     }
 
     #[test]

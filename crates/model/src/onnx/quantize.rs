@@ -362,10 +362,22 @@ impl Plan {
         };
         let mut quantized_tensors: HashSet<String> = HashSet::new();
         let is_activation = |name: &str| !name.is_empty() && !initializers.contains_key(name);
+        let producers: HashMap<&str, &str> = graph
+            .node
+            .iter()
+            .flat_map(|n| n.output.iter().map(|o| (o.as_str(), n.op_type.as_str())))
+            .collect();
         for (index, node) in graph.node.iter().enumerate() {
             let weight_axis = match node.op_type.as_str() {
                 "Conv" => conv_weight_axis(node, &initializers),
-                "Gemm" if options.gemm => gemm_weight_axis(node, &initializers),
+                "Gemm"
+                    if options.gemm
+                        && !producers
+                            .get(node.input[0].as_str())
+                            .is_some_and(|op| PROBABILITY_OPS.contains(op)) =>
+                {
+                    gemm_weight_axis(node, &initializers)
+                }
                 _ => None,
             };
             let writes_output = node.op_type != "Gemm"
@@ -451,6 +463,13 @@ fn conv_weight_axis(node: &NodeProto, initializers: &HashMap<&str, &TensorProto>
     let input_ok = !initializers.contains_key(node.input[0].as_str());
     (bias_ok && input_ok && weight.data_type == FLOAT && !weight.dims.is_empty()).then_some(0)
 }
+
+/// Ops whose outputs no Gemm reading them is quantised for: probabilities and their logs (the
+/// ImageNet prior's sums and weighting). A uint8 step of 1/255 turns every small probability
+/// into 0, and the bias scale (input scale × weight scale) rounds the prior's 1e-6 floor to 0,
+/// so `log` then gives −∞: the built-in model lost 2.1 points of top-1 on the animals10 photos
+/// (239 → 234 of 240) until these stayed float.
+const PROBABILITY_OPS: [&str; 5] = ["Softmax", "LogSoftmax", "Log", "Exp", "Sigmoid"];
 
 /// The channel axis of a Gemm's weight (input B, an initializer), when the Gemm is the plain
 /// `A · B + C` onnxruntime fuses: A not transposed, alpha and beta 1.

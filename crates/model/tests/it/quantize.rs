@@ -27,6 +27,13 @@ fn random(rng: &mut ChaCha8Rng, len: usize, range: f32) -> Vec<f32> {
 /// projection with a residual Add, a MaxPool, a ReLU conv, then pooling, Flatten, the Gemm head
 /// and Softmax, with `logits`, `probabilities` and `features` outputs.
 fn network(seed: u64) -> Vec<u8> {
+    network_with(seed, false)
+}
+
+/// [`network`], with `prior` the ImageNet prior's pattern added to the head's logits too: a
+/// second classifier's Softmax, summed per class by a 0/1 Gemm with a 1e-6 bias, its Log, and a
+/// diagonal Gemm weighting it.
+fn network_with(seed: u64, prior: bool) -> Vec<u8> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut graph = GraphBuilder::new("tiny", "input", 3, SIDE as i64, SIDE as i64);
     let input = graph.input();
@@ -51,7 +58,23 @@ fn network(seed: u64) -> Vec<u8> {
     let features = graph.flatten(&gap);
     let w = random(&mut rng, 16 * CLASSES, 0.8);
     let b = random(&mut rng, CLASSES, 0.1);
-    let logits = graph.gemm(&features, &w, 16, CLASSES, Some(&b));
+    let mut logits = graph.gemm(&features, &w, 16, CLASSES, Some(&b));
+    if prior {
+        const WIDE: usize = 12;
+        let w = random(&mut rng, 16 * WIDE, 0.8);
+        let wide = graph.gemm(&features, &w, 16, WIDE, None);
+        let wide = graph.softmax(&wide, 1);
+        let membership: Vec<f32> = (0..WIDE * CLASSES)
+            .map(|i| f32::from(u8::from((i / CLASSES) % CLASSES == i % CLASSES)))
+            .collect();
+        let summed = graph.gemm(&wide, &membership, WIDE, CLASSES, Some(&[1e-6; CLASSES]));
+        let log = graph.log(&summed);
+        let diagonal: Vec<f32> = (0..CLASSES * CLASSES)
+            .map(|i| if i % (CLASSES + 1) == 0 { 0.9 } else { 0.0 })
+            .collect();
+        let weighted = graph.gemm(&log, &diagonal, CLASSES, CLASSES, None);
+        logits = graph.add(&logits, &weighted);
+    }
     let probabilities = graph.softmax(&logits, 1);
     graph.output(&logits, "logits", CLASSES as i64);
     graph.output(&probabilities, "probabilities", CLASSES as i64);
@@ -337,6 +360,45 @@ fn the_int8_graph_agrees_with_the_float_graph_in_tract() {
     assert!(
         agree >= batch * 9 / 10,
         "top-1 agrees on {agree} of {batch}"
+    );
+}
+
+#[test]
+fn gemms_reading_probabilities_stay_float_and_the_prior_stays_finite() {
+    let float = network_with(11, true);
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let ranges = calibrate(&float, &mut rng, 8);
+    let (bytes, summary) = quantize(&float, &ranges, QuantizeOptions::default()).unwrap();
+    // The four convolutions, the head and the second classifier; not the sum or the weighting.
+    assert_eq!(summary.weighted_nodes, 6, "{summary:?}");
+    let model = decode(&bytes);
+    let producers = producers(&model);
+    let float_gemms: Vec<&str> = model
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Gemm")
+        .filter_map(|n| {
+            let input = producers[n.input[0].as_str()].op_type.as_str();
+            (input != "DequantizeLinear").then_some(input)
+        })
+        .collect();
+    assert_eq!(float_gemms, ["Softmax", "Log"]);
+    let batch = 16;
+    let input = random(&mut rng, batch * 3 * SIDE * SIDE, 1.0);
+    let expected = run(&load(&float, batch), &input, batch);
+    let actual = run(&load(&bytes, batch), &input, batch);
+    assert!(actual[0].iter().all(|v| v.is_finite()), "{:?}", actual[0]);
+    let spread = expected[0].iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = expected[0]
+        .iter()
+        .zip(&actual[0])
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        worst <= 0.05 * spread,
+        "worst logit error {worst} of {spread}"
     );
 }
 
