@@ -33,4 +33,19 @@ fn main() {
         "cargo:rustc-env=BESTIARY_BUILTIN_MODEL_DIR={}",
         folder.canonicalize().expect("folder exists").display()
     );
+    // The int8 graph is optional (`bestiary export --int8` writes it): without one the binary
+    // embeds an empty file, which `builtin.rs` reads as "none".
+    let int8 = folder.join("model.int8.onnx");
+    println!("cargo:rerun-if-changed={}", int8.display());
+    let embedded = if int8.is_file() {
+        int8.canonicalize().expect("file exists")
+    } else {
+        let empty = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo")).join("no-int8");
+        std::fs::write(&empty, b"").expect("OUT_DIR is writable");
+        empty
+    };
+    println!(
+        "cargo:rustc-env=BESTIARY_BUILTIN_INT8={}",
+        embedded.display()
+    );
 }

@@ -300,8 +300,9 @@ pub struct BenchEngineArgs {
     #[arg(long, env = "BESTIARY_BATCH_SIZE", default_value_t = 1)]
     pub batch_size: usize,
 
-    /// Which graph: fp32 (`model.onnx`) or int8 (the graph `export --int8` wrote).
-    #[arg(long, env = "BESTIARY_PRECISION", default_value_t = Precision::Fp32)]
+    /// Which graph: auto (int8 when the version has one and onnxruntime runs it, else fp32),
+    /// fp32 (`model.onnx`) or int8 (the graph `export --int8` wrote).
+    #[arg(long, env = "BESTIARY_PRECISION", default_value_t = Precision::Auto)]
     pub precision: Precision,
 
     /// Timed inference calls.
@@ -518,9 +519,10 @@ pub struct EvalArgs {
     #[arg(long, env = "BESTIARY_ENGINE")]
     pub engine: Option<EngineKind>,
 
-    /// Which graph to evaluate in the engine: fp32 (`model.onnx`) or int8 (the graph
-    /// `export --int8` wrote); int8 implies `--engine auto` unless an engine is given.
-    #[arg(long, env = "BESTIARY_PRECISION", default_value_t = Precision::Fp32)]
+    /// Which graph to evaluate in the engine: auto (int8 when the version has one and
+    /// onnxruntime runs it, else fp32), fp32 (`model.onnx`) or int8 (the graph `export --int8`
+    /// wrote); int8 implies `--engine auto` unless an engine is given.
+    #[arg(long, env = "BESTIARY_PRECISION", default_value_t = Precision::Auto)]
     pub precision: Precision,
 
     #[arg(long, env = "BESTIARY_DATA", help = DATA_HELP)]
@@ -708,9 +710,10 @@ pub struct ServeArgs {
     #[arg(long, env = "BESTIARY_ENGINE", default_value_t = EngineKind::Auto)]
     pub engine: EngineKind,
 
-    /// Which graph to serve: fp32 (`model.onnx`) or int8 (the graph `export --int8` wrote; a
-    /// version without one fails to load, it never falls back to fp32).
-    #[arg(long, env = "BESTIARY_PRECISION", default_value_t = Precision::Fp32)]
+    /// Which graph to serve: auto (int8 when the version has one and onnxruntime runs it, else
+    /// fp32), fp32 (`model.onnx`) or int8 (the graph `export --int8` wrote; a version without
+    /// one then fails to load, it never falls back to fp32).
+    #[arg(long, env = "BESTIARY_PRECISION", default_value_t = Precision::Auto)]
     pub precision: Precision,
 
     /// Address to listen on [default: 127.0.0.1; 0.0.0.0 inside SageMaker].

@@ -10,6 +10,7 @@ use bestiary_model::ModelMetadata;
 
 use crate::engine::{EngineKind, EngineOptions};
 use crate::error::EngineError;
+use crate::int8::Precision;
 use crate::model::LoadedModel;
 
 /// What the built-in model's `source` says, and what users may pass as `--model` to name it.
@@ -19,6 +20,8 @@ const MODEL_JSON: &[u8] =
     include_bytes!(concat!(env!("BESTIARY_BUILTIN_MODEL_DIR"), "/model.json"));
 const MODEL_ONNX: &[u8] =
     include_bytes!(concat!(env!("BESTIARY_BUILTIN_MODEL_DIR"), "/model.onnx"));
+/// `model.int8.onnx` when the version has one, else empty (see build.rs).
+const MODEL_INT8_ONNX: &[u8] = include_bytes!(env!("BESTIARY_BUILTIN_INT8"));
 
 /// The built-in model's metadata (name, version, classes, input, metrics).
 pub fn metadata() -> ModelMetadata {
@@ -48,16 +51,27 @@ pub fn load(engine: EngineKind, options: &EngineOptions) -> Result<LoadedModel, 
                 .into(),
         });
     }
-    if options.precision == crate::int8::Precision::Int8 {
-        return Err(EngineError::InvalidModel {
-            model: SOURCE.into(),
-            reason: "the built-in model ships no int8 graph; copy models/animals, run `bestiary \
-                     export --model <copy> --int8` and serve the copy with --model, or use \
-                     --precision fp32"
-                .into(),
-        });
-    }
-    LoadedModel::from_parts(metadata(), MODEL_ONNX, None, engine, options, SOURCE)
+    let metadata = metadata();
+    let precision = options.precision.resolve(&metadata, engine, || {
+        crate::int8::onnxruntime_reachable(options)
+    });
+    let onnx = match precision {
+        Precision::Int8 if metadata.int8.is_none() || MODEL_INT8_ONNX.is_empty() => {
+            return Err(EngineError::InvalidModel {
+                model: SOURCE.into(),
+                reason: "this build's built-in model has no int8 graph; run `bestiary export \
+                         --model models/animals --int8` and rebuild, or use --precision fp32"
+                    .into(),
+            });
+        }
+        Precision::Int8 => MODEL_INT8_ONNX,
+        Precision::Auto | Precision::Fp32 => MODEL_ONNX,
+    };
+    let options = EngineOptions {
+        precision,
+        ..options.clone()
+    };
+    LoadedModel::from_parts(metadata, onnx, None, engine, &options, SOURCE)
 }
 
 /// Loads `url`, or the built-in model when `url` is `None` or names it.

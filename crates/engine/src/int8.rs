@@ -31,20 +31,51 @@ const BINS: usize = 4096;
 /// Which graph of a model version the ONNX engines run, as `--precision` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Precision {
-    /// `model.onnx`: float32 arithmetic (whether its weights are stored as float32 or float16).
+    /// The int8 graph when the version has one and onnxruntime runs it, else `model.onnx`:
+    /// int8 is the faster of the two there at the same accuracy (see the README's "int8
+    /// inference"), while tract gains nothing from it and burn cannot run it.
     #[default]
+    Auto,
+    /// `model.onnx`: float32 arithmetic (whether its weights are stored as float32 or float16).
     Fp32,
     /// The int8 QDQ graph `bestiary export --int8` wrote beside it.
     Int8,
 }
 
 impl Precision {
-    pub const NAMES: [&'static str; 2] = ["fp32", "int8"];
+    pub const NAMES: [&'static str; 3] = ["auto", "fp32", "int8"];
 
     pub fn name(self) -> &'static str {
         match self {
+            Self::Auto => "auto",
             Self::Fp32 => "fp32",
             Self::Int8 => "int8",
+        }
+    }
+
+    /// The precision a version runs at on `engine`: `auto` made `fp32` or `int8` (see
+    /// [`Precision::Auto`]); `onnxruntime_here` says whether `engine`'s `auto` finds
+    /// onnxruntime, asked only when it matters.
+    pub fn resolve(
+        self,
+        metadata: &ModelMetadata,
+        engine: EngineKind,
+        onnxruntime_here: impl FnOnce() -> bool,
+    ) -> Self {
+        match self {
+            Self::Auto => {
+                let onnxruntime = match engine {
+                    EngineKind::Ort => true,
+                    EngineKind::Auto => metadata.int8.is_some() && onnxruntime_here(),
+                    EngineKind::Tract | EngineKind::Burn => false,
+                };
+                if metadata.int8.is_some() && onnxruntime {
+                    Self::Int8
+                } else {
+                    Self::Fp32
+                }
+            }
+            other => other,
         }
     }
 }
@@ -60,6 +91,7 @@ impl FromStr for Precision {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
             "fp32" | "float32" | "float" => Ok(Self::Fp32),
             "int8" => Ok(Self::Int8),
             other => Err(format!(
@@ -70,8 +102,14 @@ impl FromStr for Precision {
     }
 }
 
-/// The file of a version's graph that `engine` loads at `precision`: `model.onnx`, or the int8
-/// graph its metadata records.
+/// Whether `options` let the engine `auto` reach onnxruntime: its library is here, or may be
+/// downloaded.
+pub fn onnxruntime_reachable(options: &EngineOptions) -> bool {
+    options.allow_download || find_onnxruntime().is_ok()
+}
+
+/// The file of a version's graph that `engine` loads at `precision` (already resolved, see
+/// [`Precision::resolve`]): `model.onnx`, or the int8 graph its metadata records.
 ///
 /// # Errors
 /// A sentence for the user when the version has no int8 graph (or burn is asked to run one).
@@ -81,7 +119,7 @@ pub fn graph_file(
     engine: EngineKind,
 ) -> Result<&str, String> {
     match precision {
-        Precision::Fp32 => Ok(ONNX_FILE),
+        Precision::Fp32 | Precision::Auto => Ok(ONNX_FILE),
         Precision::Int8 if engine == EngineKind::Burn => {
             Err("int8 graphs run on the ONNX engines (auto, ort, tract), not on burn".to_owned())
         }
@@ -404,12 +442,13 @@ mod tests {
     fn precisions_parse_and_print() {
         assert_eq!("int8".parse(), Ok(Precision::Int8));
         assert_eq!("FP32".parse(), Ok(Precision::Fp32));
-        assert_eq!(Precision::default(), Precision::Fp32);
+        assert_eq!("auto".parse(), Ok(Precision::Auto));
+        assert_eq!(Precision::default(), Precision::Auto);
         assert!(
             "int4"
                 .parse::<Precision>()
                 .unwrap_err()
-                .contains("fp32, int8")
+                .contains("auto, fp32, int8")
         );
         assert_eq!(Precision::Int8.to_string(), "int8");
     }

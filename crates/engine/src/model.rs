@@ -12,6 +12,7 @@ use prost::Message as _;
 use crate::burn_engine::BurnEngine;
 use crate::engine::{Engine, EngineKind, EngineOptions};
 use crate::error::EngineError;
+use crate::int8::Precision;
 use crate::ort_engine::{OrtEngine, ensure_onnxruntime, find_onnxruntime, load_onnxruntime};
 use crate::prediction::Prediction;
 use crate::preprocess::Preprocessor;
@@ -32,6 +33,8 @@ pub struct LoadedModel {
     /// Whether a photo the model's detector rejects is labelled `unknown` (default), or keeps
     /// its most probable class as the label (the `unknown` flag says it either way).
     pub label_unknown: bool,
+    /// Which of the version's graphs runs: `fp32` or `int8`, never `auto`.
+    pub precision: Precision,
 }
 
 impl LoadedModel {
@@ -41,6 +44,7 @@ impl LoadedModel {
             engine,
             source,
             label_unknown: true,
+            precision: Precision::Fp32,
         }
     }
 
@@ -121,20 +125,25 @@ impl LoadedModel {
     ) -> Result<LoadedModel, EngineError> {
         let (repository, name, version) = resolve(url, store).await?;
         let metadata = repository.metadata(&name, &version).await?;
-        let graph =
-            crate::int8::graph_file(&metadata, options.precision, engine).map_err(|reason| {
-                EngineError::InvalidModel {
-                    model: repository.store().url_of(&format!("{name}/{version}")),
-                    reason,
-                }
-            })?;
+        let precision = options.precision.resolve(&metadata, engine, || {
+            crate::int8::onnxruntime_reachable(options)
+        });
+        let graph = crate::int8::graph_file(&metadata, precision, engine).map_err(|reason| {
+            EngineError::InvalidModel {
+                model: repository.store().url_of(&format!("{name}/{version}")),
+                reason,
+            }
+        })?;
         let onnx = repository.file(&name, &version, graph).await?;
         let weights = match engine {
             EngineKind::Burn => Some(repository.file(&name, &version, WEIGHTS_FILE).await?),
             _ => None,
         };
         let source = repository.store().url_of(&format!("{name}/{version}"));
-        let options = options.clone();
+        let options = EngineOptions {
+            precision,
+            ..options.clone()
+        };
         let task_source = source.clone();
         tokio::task::spawn_blocking(move || {
             Self::from_parts(
@@ -197,7 +206,13 @@ impl LoadedModel {
             }
         };
         tracing::debug!("model {source} runs on {}", engine.describe());
-        Ok(Self::new(metadata, engine, source))
+        let mut model = Self::new(metadata, engine, source);
+        // The caller chose the graph `onnx` is (`load`, `builtin::load`): `auto` there meant fp32.
+        model.precision = match options.precision {
+            Precision::Int8 => Precision::Int8,
+            Precision::Auto | Precision::Fp32 => Precision::Fp32,
+        };
+        Ok(model)
     }
 
     /// Runs one image through the engine, so that the first request does not pay for lazy

@@ -159,7 +159,7 @@ pub async fn engine(global: &GlobalArgs, args: BenchEngineArgs) -> anyhow::Resul
         model: model.source.clone(),
         architecture: model.metadata.architecture.clone(),
         engine: model.engine.describe(),
-        precision: args.precision.to_string(),
+        precision: model.precision.to_string(),
         image_size: model.metadata.input.image_size,
         batch_size: batch,
         threads: options.threads(),

@@ -116,6 +116,11 @@ async fn versions_load_their_int8_graph_only_when_they_have_one() {
     let url = format!("{}/animals/{version}", root.path().display());
     let store = StoreOptions::default();
 
+    // `auto` without an int8 graph is model.onnx.
+    let before = LoadedModel::load(&url, EngineKind::Ort, &offline(Precision::Auto), &store)
+        .await
+        .unwrap();
+    assert_eq!(before.precision, Precision::Fp32);
     let missing = LoadedModel::load(&url, EngineKind::Ort, &offline(Precision::Int8), &store)
         .await
         .err()
@@ -149,10 +154,22 @@ async fn versions_load_their_int8_graph_only_when_they_have_one() {
     let input = images(parts, 3, 77);
     let direct = load(parts, &int8).engine.infer(&input, 3).unwrap();
     assert_eq!(loaded.engine.infer(&input, 3).unwrap(), direct);
+    assert_eq!(loaded.precision, Precision::Int8);
+    // `auto` now picks the int8 graph in onnxruntime, and model.onnx in tract and burn.
+    let auto = LoadedModel::load(&url, EngineKind::Ort, &offline(Precision::Auto), &store)
+        .await
+        .unwrap();
+    assert_eq!(auto.precision, Precision::Int8);
+    assert_eq!(auto.engine.infer(&input, 3).unwrap(), direct);
+    let tract = LoadedModel::load(&url, EngineKind::Tract, &offline(Precision::Auto), &store)
+        .await
+        .unwrap();
+    assert_eq!(tract.precision, Precision::Fp32);
     // fp32 still loads model.onnx, and burn refuses int8 with a reason.
     let float = LoadedModel::load(&url, EngineKind::Ort, &offline(Precision::Fp32), &store)
         .await
         .unwrap();
+    assert_eq!(float.precision, Precision::Fp32);
     assert_ne!(float.engine.infer(&input, 3).unwrap(), direct);
     let burn = LoadedModel::load(&url, EngineKind::Burn, &offline(Precision::Int8), &store)
         .await
@@ -162,9 +179,37 @@ async fn versions_load_their_int8_graph_only_when_they_have_one() {
 }
 
 #[test]
-fn the_builtin_model_refuses_int8_rather_than_serving_fp32() {
-    let error = bestiary_engine::builtin::load(EngineKind::Auto, &offline(Precision::Int8))
-        .err()
-        .expect("the built-in model has no int8 graph");
-    assert!(error.to_string().contains("no int8 graph"), "{error}");
+fn the_builtin_model_serves_its_int8_graph_by_default_and_fp32_on_request() {
+    if !ort_available() {
+        return;
+    }
+    let metadata = bestiary_engine::builtin::metadata();
+    let int8 = metadata
+        .int8
+        .as_ref()
+        .expect("the built-in model has an int8 graph");
+    assert_eq!(int8.file, INT8_FILE);
+    let auto = bestiary_engine::builtin::load(EngineKind::Ort, &offline(Precision::Auto)).unwrap();
+    let explicit =
+        bestiary_engine::builtin::load(EngineKind::Ort, &offline(Precision::Int8)).unwrap();
+    let float = bestiary_engine::builtin::load(EngineKind::Ort, &offline(Precision::Fp32)).unwrap();
+    assert_eq!(
+        (auto.precision, explicit.precision, float.precision),
+        (Precision::Int8, Precision::Int8, Precision::Fp32)
+    );
+    let preprocessor = Preprocessor::new(metadata.input.clone(), DecodeLimits::default());
+    let mut input = vec![0.0; 2 * preprocessor.input_len()];
+    for (index, out) in input.chunks_exact_mut(preprocessor.input_len()).enumerate() {
+        preprocessor
+            .preprocess_image(photo(index, 31 + index as u64, 120, 90), out)
+            .unwrap();
+    }
+    let quantised = auto.engine.infer(&input, 2).unwrap();
+    assert_eq!(quantised, explicit.engine.infer(&input, 2).unwrap());
+    // Another graph: close to, but not exactly, the float answers.
+    assert_ne!(quantised, float.engine.infer(&input, 2).unwrap());
+    // tract gains nothing from int8: `auto` runs model.onnx there.
+    let tract =
+        bestiary_engine::builtin::load(EngineKind::Tract, &offline(Precision::Auto)).unwrap();
+    assert_eq!(tract.precision, Precision::Fp32);
 }
