@@ -348,7 +348,8 @@ def new_model_version(root: Path) -> Path:
     metadata = json.loads((version / "model.json").read_text())
     metadata["version"] = NEW_VERSION
     (target / "model.json").write_text(json.dumps(metadata, indent=2))
-    shutil.copyfile(version / "model.onnx", target / "model.onnx")
+    for file in metadata["files"]:
+        shutil.copyfile(version / file, target / file)
     (root / "animals" / "latest").write_text(json.dumps({"version": NEW_VERSION}))
     # The container runs as uid 10001; pytest's temp folders are private to their owner.
     for path in [root, *root.rglob("*")]:

@@ -33,6 +33,11 @@ pub fn onnx() -> &'static [u8] {
     MODEL_ONNX
 }
 
+/// Its int8 graph (`model.int8.onnx`), when this build has one.
+pub fn int8_onnx() -> Option<&'static [u8]> {
+    (!MODEL_INT8_ONNX.is_empty()).then_some(MODEL_INT8_ONNX)
+}
+
 /// Whether a `--model` value names the built-in model.
 pub fn is_builtin(url: &str) -> bool {
     url == SOURCE || url == "builtin"
@@ -56,7 +61,7 @@ pub fn load(engine: EngineKind, options: &EngineOptions) -> Result<LoadedModel, 
         crate::int8::onnxruntime_reachable(options)
     });
     let onnx = match precision {
-        Precision::Int8 if metadata.int8.is_none() || MODEL_INT8_ONNX.is_empty() => {
+        Precision::Int8 if metadata.int8.is_none() || int8_onnx().is_none() => {
             return Err(EngineError::InvalidModel {
                 model: SOURCE.into(),
                 reason: "this build's built-in model has no int8 graph; run `bestiary export \

@@ -18,13 +18,18 @@ pub async fn package(global: &GlobalArgs, args: PackageArgs) -> anyhow::Result<E
     let options = global.store_options();
     let (name, version, files) = if bestiary_engine::builtin::is_builtin(&args.model) {
         let metadata = bestiary_engine::builtin::metadata();
-        let files = vec![
+        let mut files = vec![
             (METADATA_FILE.to_string(), metadata.to_json()),
             (
                 "model.onnx".to_string(),
                 bestiary_engine::builtin::onnx().to_vec(),
             ),
         ];
+        // model.json names the int8 graph when there is one: the archive must hold it too.
+        if let (Some(graph), Some(bytes)) = (&metadata.int8, bestiary_engine::builtin::int8_onnx())
+        {
+            files.push((graph.file.clone(), bytes.to_vec()));
+        }
         (metadata.name, metadata.version, files)
     } else {
         let (repository, name, version) = resolve(&args.model, &options).await?;

@@ -540,7 +540,8 @@ fn package_writes_the_archive_sagemaker_unpacks() {
         ],
         &[],
     ));
-    assert!(text.contains("3 files"), "{text}");
+    // model.json, model.onnx, model.int8.onnx and the latest pointer.
+    assert!(text.contains("4 files"), "{text}");
     let unpacked = dir.path().join("opt-ml-model");
     let tar = Command::new("tar")
         .args(["-xzf", archive.to_str().unwrap(), "-C"])
@@ -557,6 +558,7 @@ fn package_writes_the_archive_sagemaker_unpacks() {
         .join("animals")
         .join(version["version"].as_str().unwrap());
     assert!(folder.join("model.json").is_file() && folder.join("model.onnx").is_file());
+    assert!(folder.join("model.int8.onnx").is_file());
     // The unpacked archive is a model root `eval` (like `serve`) reads as it is.
     let output = bestiary(
         &[
@@ -568,5 +570,5 @@ fn package_writes_the_archive_sagemaker_unpacks() {
         ],
         &[],
     );
-    assert!(stdout(&output).contains("3 files"));
+    assert!(stdout(&output).contains("4 files"));
 }
