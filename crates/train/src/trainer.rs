@@ -287,7 +287,7 @@ pub async fn train_with(
     let input = input_spec_for(&config);
     let loader = |samples, augment: bool, shuffle: bool| {
         let mut loader_config = LoaderConfig::new(input.image_size, config.batch_size);
-        loader_config.normalization = input.normalization.clone();
+        loader_config.normalization = input.normalization;
         loader_config.crop_fraction = input.crop_fraction;
         loader_config.augment = augment.then(AugmentConfig::default);
         loader_config.shuffle = shuffle;
