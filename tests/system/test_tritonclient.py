@@ -212,8 +212,12 @@ def test_tensors_and_photos_agree(client, model, photos, tensors):
     from_photos = client.infer(model["name"], [image]).as_numpy("probabilities")
     agree = int((from_tensors.argmax(axis=1) == from_photos.argmax(axis=1)).sum())
     assert agree >= len(photos) - 1, (agree, np.abs(from_tensors - from_photos).max())
-    # Measured: at most 0.009 apart (JPEG decoding and resampling differ in the last bits).
-    assert np.abs(from_tensors - from_photos).max() < 0.05
+    # JPEG decoding and resampling differ in the last bits. Measured at most 0.010 apart in
+    # fp32 and 0.093 in int8 (the built-in model's default): a last-bit change can move a uint8
+    # activation a whole step, and the temperature (0.153) sharpens what reaches the scores.
+    apart = float(np.abs(from_tensors - from_photos).max())
+    print(f"tensors and photos: at most {apart:.4f} apart")
+    assert apart < 0.15
 
 
 def test_classification_extension(client, model, photos):
