@@ -324,6 +324,41 @@ def test_bucket_gallery_of_a_local_folder_pages_filters_and_opens_photos(page, t
         print(f"\nlow confidence (< 0.6): {len(scores)} of the first photos listed")
 
 
+def test_a_folders_dataset_audit_shows_beside_its_photos(page, tmp_path):
+    """A folder holding the audit.json of `bestiary dataset audit <folder> --out <folder>` shows a
+    Dataset audit panel (summary and suspects); a suspect opens large; a folder without one shows
+    no panel."""
+    bucket = tmp_path / "bucket"
+    keys = make_bucket(bucket, per_class=2)
+    cat = sorted(k for k in keys if k.startswith("photos/cat/"))[0]
+    audit = {
+        "dataset": str(bucket / "photos"),
+        "summary": {"photos": len(keys), "cross_validated_accuracy": 0.9, "label_issues": 1, "unknown": 0,
+                    "exact_duplicate_groups": 0, "near_duplicate_groups": 1, "leakage_groups": 1},
+        "suspects": [{"key": cat.removeprefix("photos/"), "label": "cat", "suggested_label": "dog", "score": 0.87,
+                      "reason": "wrong_label", "detail": "out-of-fold: dog 0.87"}],
+        "duplicate_groups": [],
+    }  # fmt: skip
+    (bucket / "photos" / "audit.json").write_text(json.dumps(audit))
+    with serve("--bucket", str(bucket)) as base:
+        page.goto(f"{base}/#bucket")
+        wait_gallery(page, len(keys))
+        assert page.locator("#audit").is_hidden(), "the bucket root has no audit"
+        page.locator("[data-testid=folder-chip][data-prefix='photos/']").click()
+        page.wait_for_selector("[data-testid=audit-suspect]")
+        summary = page.inner_text("#audit-summary")
+        assert "1 probably mislabelled" in summary and "90" in summary, summary
+        row = page.locator("[data-testid=audit-suspect]").first.inner_text()
+        assert "cat" in row and "dog" in row and "wrong label" in row and "0.870" in row, row
+        page.locator("[data-testid=audit-suspect] button").first.click()
+        page.wait_for_selector("#photo-dialog[open] #photo-large[src^='blob:']")
+        assert page.inner_text("#photo-title") == cat.removeprefix("photos/")
+        page.keyboard.press("Escape")
+        page.locator("[data-testid=folder-chip][data-prefix='photos/cat/']").click()
+        wait_gallery(page, 2)
+        assert page.locator("#audit").is_hidden(), "photos/cat/ has no audit"
+
+
 def test_bucket_gallery_of_an_s3_bucket(page, s3):
     """The same gallery with `--bucket s3://…` on SeaweedFS: thumbnails, labels, filter, photo."""
     prefix = f"console-{uuid.uuid4().hex[:8]}"

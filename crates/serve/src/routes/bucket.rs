@@ -175,6 +175,60 @@ fn describe_bucket(bucket: &Store) -> String {
     }
 }
 
+/// Where `bestiary dataset audit --out <folder>` writes its report.
+const AUDIT_FILE: &str = "audit.json";
+
+/// The dataset audit of a bucket folder, as `bestiary dataset audit --out` stored it there.
+#[derive(Serialize, ToSchema)]
+pub struct AuditAnswer {
+    /// The folder, relative to the bucket, as asked.
+    pub prefix: String,
+    /// `audit.json` as written: summary, per-class figures, suspects (key, label,
+    /// suggested_label, score, reason) and duplicate groups.
+    #[schema(value_type = Object)]
+    pub audit: serde_json::Value,
+}
+
+/// The dataset audit stored in a bucket folder (`bestiary dataset audit <data> --out
+/// <folder>`), for the console to show beside the folder's photos.
+#[utoipa::path(
+    get,
+    path = "/v1/bucket/audit",
+    tag = "bucket",
+    params(FoldersQuery),
+    responses(
+        (status = 200, body = AuditAnswer),
+        (status = 400, body = ErrorResponse),
+        (status = 401, body = ErrorResponse),
+        (status = 404, description = "The folder holds no audit.json", body = ErrorResponse),
+        (status = 502, description = "The bucket failed", body = ErrorResponse),
+    ),
+    security((), ("api_key" = []))
+)]
+pub async fn audit(
+    State(state): State<AppState>,
+    query_string: Result<Query<FoldersQuery>, QueryRejection>,
+) -> Result<Json<AuditAnswer>, ApiError> {
+    let prefix = bucket_prefix(query(query_string)?.prefix.as_deref())?;
+    let base = prefix.trim_matches('/');
+    let key = if base.is_empty() {
+        AUDIT_FILE.to_owned()
+    } else {
+        format!("{base}/{AUDIT_FILE}")
+    };
+    let bytes = state.uris.bucket().get(&key).await.map_err(|error| {
+        tracing::debug!("audit of {key}: {error}");
+        if error.is_not_found() {
+            ApiError::NotFound(format!("no dataset audit in {prefix:?}"))
+        } else {
+            ApiError::Storage(error)
+        }
+    })?;
+    let audit = serde_json::from_slice(&bytes)
+        .map_err(|error| ApiError::BadRequest(format!("{key} is not a dataset audit: {error}")))?;
+    Ok(Json(AuditAnswer { prefix, audit }))
+}
+
 /// The sub-folders of a bucket prefix.
 #[utoipa::path(
     get,

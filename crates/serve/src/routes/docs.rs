@@ -27,6 +27,7 @@ use crate::routes::{admin, bucket, explain, native, oip, sagemaker, versions};
         versions::report,
         versions::serve,
         bucket::folders,
+        bucket::audit,
         bucket::photos,
         bucket::results,
         bucket::thumbnail,

@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
             get(versions::report),
         )
         .route("/v1/bucket/folders", get(bucket::folders))
+        .route("/v1/bucket/audit", get(bucket::audit))
         .route("/v1/bucket/photos", get(bucket::photos))
         .route("/v1/bucket/results", get(bucket::results))
         .route("/v1/thumbnail", get(bucket::thumbnail))

@@ -76,6 +76,7 @@ fn the_page_is_public_and_embedded_with_a_strict_policy() {
         // Everything the page shows needs the key.
         for path in [
             "/v1/bucket/folders",
+            "/v1/bucket/audit?prefix=photos",
             "/v1/bucket/photos",
             "/v1/bucket/results?prefix=r.jsonl",
             "/v1/thumbnail?key=a.jpg",
@@ -165,6 +166,49 @@ fn the_gallery_pages_through_a_prefix_with_predictions_and_filters() {
             reply.expect(400);
             assert_eq!(reply.json()["error_type"], "bad_request", "{path}");
         }
+        harness.stop().await;
+    });
+}
+
+#[test]
+fn a_folders_dataset_audit_is_served_as_written_and_its_absence_is_a_404() {
+    multi_thread().block_on(async {
+        let mut harness = Harness::start(|_| {}).await;
+        fill_bucket(harness.bucket.path(), 1);
+        // What `bestiary dataset audit photos --out photos` writes, in short.
+        let audit = json!({
+            "dataset": "photos",
+            "classes": CLASSES,
+            "summary": {"photos": 8, "label_issues": 1, "unknown": 0, "cross_validated_accuracy": 0.875},
+            "suspects": [{"key": "amber/0.jpg", "label": "amber", "suggested_label": "blue",
+                          "score": 0.91, "reason": "wrong_label", "detail": "looks blue"}],
+            "duplicate_groups": [],
+        });
+        write(
+            harness.bucket.path(),
+            "photos/audit.json",
+            serde_json::to_string(&audit).unwrap().as_bytes(),
+        );
+        for prefix in ["photos", "photos/"] {
+            let reply = harness.get(&format!("/v1/bucket/audit?prefix={prefix}")).await;
+            reply.expect(200);
+            assert_eq!(reply.json()["audit"], audit, "{prefix}");
+            assert_eq!(reply.json()["prefix"], prefix);
+        }
+        // No audit there: a 404 naming the folder as asked, never where the bucket lives.
+        let missing = harness.get("/v1/bucket/audit?prefix=photos/amber").await;
+        missing.expect(404);
+        assert_eq!(missing.json()["error_type"], "not_found");
+        let message = missing.json()["error"].as_str().unwrap().to_owned();
+        assert!(message.contains("photos/amber"), "{message}");
+        let bucket = harness.bucket.path().to_string_lossy().into_owned();
+        assert!(!message.contains(&bucket), "{message}");
+        // A file that is not JSON is the client's data problem, said as such.
+        write(harness.bucket.path(), "photos/blue/audit.json", b"{not json");
+        let corrupt = harness.get("/v1/bucket/audit?prefix=photos/blue").await;
+        corrupt.expect(400);
+        assert_eq!(corrupt.json()["error_type"], "bad_request");
+        harness.get("/v1/bucket/audit?prefix=../x").await.expect(400);
         harness.stop().await;
     });
 }

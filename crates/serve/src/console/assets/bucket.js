@@ -58,6 +58,42 @@ export function initBucket(ctx) {
     }
   }
 
+  // The audit `bestiary dataset audit <folder> --out <folder>` left in this folder, when there
+  // is one; its keys are relative to the audited folder.
+  const inFolder = (prefix, key) => `${prefix.replace(/\/+$/, '')}${prefix ? '/' : ''}${key}`;
+  const AUDIT_ROWS = 25;
+  async function loadAudit(prefix, gen) {
+    const panel = $('audit');
+    panel.hidden = true;
+    if (s.mode !== 'photos') return;
+    let answer;
+    try {
+      answer = await api.getJSON('/v1/bucket/audit', { prefix });
+    } catch (error) {
+      if (gen === s.gen && error.status !== 404 && error.status !== 401) ctx.status(`Audit: ${error.message}`, 'error');
+      return;
+    }
+    if (gen !== s.gen) return;
+    const audit = answer.audit ?? {};
+    const summary = audit.summary ?? {};
+    const suspects = Array.isArray(audit.suspects) ? audit.suspects : [];
+    $('audit-summary').textContent = [
+      `${num(summary.photos ?? 0)} photos`,
+      summary.cross_validated_accuracy != null ? `cross-validated accuracy ${pct(summary.cross_validated_accuracy)}` : null,
+      `${num(summary.label_issues ?? 0)} probably mislabelled`,
+      `${num(summary.unknown ?? 0)} none of the classes`,
+      `${num((summary.exact_duplicate_groups ?? 0) + (summary.near_duplicate_groups ?? 0))} duplicate groups (${num(summary.leakage_groups ?? 0)} across train and validation)`,
+      suspects.length > AUDIT_ROWS ? `the first ${AUDIT_ROWS} of ${num(suspects.length)} suspects below` : null,
+    ].filter(Boolean).join(' · ');
+    $('audit-suspects').replaceChildren(...suspects.slice(0, AUDIT_ROWS).map((suspect) => h('tr', { dataset: { testid: 'audit-suspect' } },
+      h('td', {}, h('button', { type: 'button', class: 'link', onclick: () => openPhoto({ key: suspect.key, label: suspect.label }, inFolder(prefix, suspect.key)) }, String(suspect.key ?? ''))),
+      h('td', {}, String(suspect.label ?? '')),
+      h('td', {}, String(suspect.suggested_label ?? '')),
+      h('td', {}, typeof suspect.score === 'number' ? suspect.score.toFixed(3) : ''),
+      h('td', { title: String(suspect.detail ?? '') }, String(suspect.reason ?? '').replaceAll('_', ' ')))));
+    panel.hidden = false;
+  }
+
   function showCounts(answer) {
     s.counts = answer.counts || {};
     const entries = Object.entries(s.counts).sort((a, b) => b[1] - a[1]);
@@ -199,6 +235,7 @@ export function initBucket(ctx) {
       reload();
     }
     loadFolders(s.prefix, s.gen);
+    loadAudit(s.prefix, s.gen);
   }
 
   $('bucket-form').addEventListener('submit', (event) => { event.preventDefault(); open(prefixInput.value); });
