@@ -910,6 +910,12 @@ pub struct BulkArgs {
     #[arg(long, env = "BESTIARY_ENGINE", default_value_t = EngineKind::Auto)]
     pub engine: EngineKind,
 
+    /// Which graph: auto (int8 when the version has one and onnxruntime runs it, else fp32),
+    /// fp32 (`model.onnx`) or int8 (the graph `export --int8` wrote; a version without one is
+    /// an error).
+    #[arg(long, env = "BESTIARY_PRECISION", default_value_t = Precision::Auto)]
+    pub precision: Precision,
+
     /// Send the photos to a running `bestiary serve` (its URL, or `…/v1/classify`) or to a
     /// SageMaker-style container (`…/invocations`) instead of running the model here.
     #[arg(long, env = "BESTIARY_ENDPOINT", conflicts_with = "model")]

@@ -92,11 +92,14 @@ pub fn bulk_config(
         None => BackendConfig::Local {
             model: args.model.clone(),
             engine: args.engine,
-            options: bestiary_engine::EngineOptions::for_throughput(
-                args.engine,
-                args.threads,
-                args.inference_workers,
-            ),
+            options: bestiary_engine::EngineOptions {
+                precision: args.precision,
+                ..bestiary_engine::EngineOptions::for_throughput(
+                    args.engine,
+                    args.threads,
+                    args.inference_workers,
+                )
+            },
             batch_size: args.batch_size,
             decode_threads: args
                 .decode_threads

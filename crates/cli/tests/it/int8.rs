@@ -74,6 +74,17 @@ fn export_int8_writes_and_records_the_graph_that_precision_int8_runs() {
         "{message}"
     );
 
+    // classify too, and before anything is classified.
+    let results = tempfile::tempdir().unwrap();
+    #[rustfmt::skip]
+    let refused = bestiary(&[
+        "classify", data, "--out", results.path().to_str().unwrap(), "--model", &model,
+        "--precision", "int8",
+    ]);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("no int8 graph"), "{message}");
+
     // Calibrated on the training photos model.json names, by default.
     #[rustfmt::skip]
     let text = stdout(&bestiary(&[
@@ -127,6 +138,13 @@ fn export_int8_writes_and_records_the_graph_that_precision_int8_runs() {
         (float_top1 - int8_top1).abs() <= 0.1 + 1e-9,
         "fp32 {float_top1}, int8 {int8_top1}"
     );
+
+    // Now classify runs it.
+    #[rustfmt::skip]
+    stdout(&bestiary(&[
+        "classify", data, "--out", results.path().to_str().unwrap(), "--model", &model,
+        "--precision", "int8", "--quiet",
+    ]));
 
     #[rustfmt::skip]
     let text = stdout(&bestiary(&[
