@@ -61,15 +61,14 @@ pub fn load(engine: EngineKind, options: &EngineOptions) -> Result<LoadedModel, 
         crate::int8::onnxruntime_reachable(options)
     });
     let onnx = match precision {
-        Precision::Int8 if metadata.int8.is_none() || int8_onnx().is_none() => {
-            return Err(EngineError::InvalidModel {
+        Precision::Int8 => int8_onnx()
+            .filter(|_| metadata.int8.is_some())
+            .ok_or_else(|| EngineError::InvalidModel {
                 model: SOURCE.into(),
                 reason: "this build's built-in model has no int8 graph; run `bestiary export \
                          --model models/animals --int8` and rebuild, or use --precision fp32"
                     .into(),
-            });
-        }
-        Precision::Int8 => MODEL_INT8_ONNX,
+            })?,
         Precision::Auto | Precision::Fp32 => MODEL_ONNX,
     };
     let options = EngineOptions {

@@ -62,19 +62,14 @@ impl Precision {
         engine: EngineKind,
         onnxruntime_here: impl FnOnce() -> bool,
     ) -> Self {
+        let runs_int8 = || match engine {
+            EngineKind::Ort => true,
+            EngineKind::Auto => onnxruntime_here(),
+            EngineKind::Tract | EngineKind::Burn => false,
+        };
         match self {
-            Self::Auto => {
-                let onnxruntime = match engine {
-                    EngineKind::Ort => true,
-                    EngineKind::Auto => metadata.int8.is_some() && onnxruntime_here(),
-                    EngineKind::Tract | EngineKind::Burn => false,
-                };
-                if metadata.int8.is_some() && onnxruntime {
-                    Self::Int8
-                } else {
-                    Self::Fp32
-                }
-            }
+            Self::Auto if metadata.int8.is_some() && runs_int8() => Self::Int8,
+            Self::Auto => Self::Fp32,
             other => other,
         }
     }

@@ -216,14 +216,10 @@ pub async fn audit(
     } else {
         format!("{base}/{AUDIT_FILE}")
     };
-    let bytes = state.uris.bucket().get(&key).await.map_err(|error| {
-        tracing::debug!("audit of {key}: {error}");
-        if error.is_not_found() {
-            ApiError::NotFound(format!("no dataset audit in {prefix:?}"))
-        } else {
-            ApiError::Storage(error)
-        }
-    })?;
+    let bytes =
+        state.uris.bucket().get(&key).await.map_err(|error| {
+            hide_location(error, &key, format!("no dataset audit in {prefix:?}"))
+        })?;
     let audit = serde_json::from_slice(&bytes)
         .map_err(|error| ApiError::BadRequest(format!("{key} is not a dataset audit: {error}")))?;
     Ok(Json(AuditAnswer { prefix, audit }))
@@ -482,7 +478,10 @@ pub async fn thumbnail(
             ));
         }
     };
-    let object = store.head(&key).await.map_err(|e| hide_location(e, &key))?;
+    let object = store
+        .head(&key)
+        .await
+        .map_err(|e| hide_location(e, &key, format!("no photo {key:?}")))?;
     let limit = state.config.max_body_bytes as u64;
     if object.size > limit {
         return Err(ApiError::PayloadTooLarge(format!(
@@ -509,7 +508,10 @@ pub async fn thumbnail(
     let jpeg = match state.gallery.thumbnails.get(&cache_key) {
         Some(jpeg) => jpeg,
         None => {
-            let photo = store.get(&key).await.map_err(|e| hide_location(e, &key))?;
+            let photo = store
+                .get(&key)
+                .await
+                .map_err(|e| hide_location(e, &key, format!("no photo {key:?}")))?;
             let _slot = state
                 .decoding
                 .acquire()
@@ -556,12 +558,12 @@ async fn evaluation_store(state: &AppState, name: &str, version: &str) -> Result
     Store::open(&dataset.url, &StoreOptions::default()).map_err(ApiError::from)
 }
 
-/// A storage error about `key` that names the key as the client gave it, not where it lives
-/// on the server.
-fn hide_location(error: bestiary_storage::StorageError, key: &str) -> ApiError {
-    tracing::debug!("thumbnail of {key}: {error}");
+/// A storage error about `key` that names it only as the client gave it (`not_found` when it is
+/// missing), never where it lives on the server; the detail goes to the log.
+fn hide_location(error: bestiary_storage::StorageError, key: &str, not_found: String) -> ApiError {
+    tracing::debug!("{key}: {error}");
     if error.is_not_found() {
-        ApiError::NotFound(format!("no photo {key:?}"))
+        ApiError::NotFound(not_found)
     } else {
         ApiError::Storage(error)
     }
