@@ -16,7 +16,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import common, machine, report  # noqa: E402
-from harness import fig_accuracy, fig_bulk, fig_engine, fig_peak, fig_server, fig_training, fig_transfer  # noqa: E402
+from harness import fig_accuracy, fig_bulk, fig_engine, fig_peak, fig_server, fig_training, fig_transfer, fig_trust  # noqa: E402
 from harness.common import BESTIARY, RESULTS, ROOT, WORK, log  # noqa: E402
 
 FIGURES = {
@@ -26,6 +26,7 @@ FIGURES = {
     "engine": fig_engine.figure,
     "server": fig_server.figure,
     "bulk": fig_bulk.figure,
+    "trust": fig_trust.figure,
 }
 
 
@@ -126,6 +127,10 @@ def main():
     print(report.console(results))
     failed = dict(results["errors"])
     for r in results["rows"]:
+        if r.get("kind") == "measurement":
+            if r["error"]:
+                failed[f"{r['figure']} / {r['workload']} / {r['metric']}"] = r["error"]
+            continue
         for s in ("bestiary", "peer"):
             if r[s].get("error"):
                 failed[f"{r['figure']} / {r['workload']} / {r[s]['name']}"] = r[s]["error"]

@@ -15,6 +15,8 @@ Photos: ../shared/data/animals10 (240) and, as photos from another source, the 1
 validation photos of ../shared/data/cats_and_dogs_filtered (10-way prediction must say cat/dog).
 
 Usage: python bench/default-model/compare.py   (needs: pip install onnxruntime==1.32.0 pillow numpy)
+`measure()` returns the same figures as numbers (fewer seeds, folds or photos if asked); the
+benchmark's trust figure (bench/harness/fig_trust.py) calls it.
 """
 
 import json
@@ -97,41 +99,54 @@ def stratified_folds(y, seed, k=5):
     return [np.array(f) for f in folds]
 
 
-def cross_validate(y, fit_predict, seeds=4):
-    """Mean and standard deviation over seeds of the 5-fold out-of-fold accuracy."""
+def cross_validate(y, fit_predict, seeds=4, k=5):
+    """Mean and standard deviation over seeds of the k-fold out-of-fold accuracy."""
     accuracies = []
     for seed in range(seeds):
         right = 0
-        for fold in stratified_folds(y, seed):
+        for fold in stratified_folds(y, seed, k):
             train = np.setdiff1d(np.arange(len(y)), fold)
             right += np.sum(fit_predict(train, fold).argmax(1) == y[fold])
         accuracies.append(right / len(y))
     return np.mean(accuracies), np.std(accuracies)
 
 
-def folder(root, labels):
+def folder(root, labels, per_class=None):
+    """The photos of `root/<name>` for each (name, label), the first `per_class` of each if given."""
     paths, ys = [], []
     for name, label in labels:
-        for f in sorted(os.listdir(f"{root}/{name}")):
+        for f in sorted(os.listdir(f"{root}/{name}"))[:per_class]:
             paths.append(f"{root}/{name}/{f}")
             ys.append(CLASSES.index(label))
     return paths, np.array(ys)
 
 
-def main():
+CANDIDATES = (  # (ImageNet prior, flipped copies, weight decay) of each head
+    (False, False, 1e-4), (False, True, 1e-4), (True, False, 1e-4), (True, False, 1e-2), (True, True, 1e-2)
+)
+
+
+def measure(animals=f"{SHARED}/data/animals10/images", cats_and_dogs=f"{SHARED}/data/cats_and_dogs_filtered/validation",
+            seeds=4, folds=5, per_class=None):
+    """Every candidate's figures: dicts with `candidate`, `accuracy` on the animals10 photos (the
+    mapping's on all of them; a head's the mean over `seeds` of its `folds`-fold out-of-fold
+    accuracy, with `spread`, their standard deviation), and `cats_and_dogs`, the accuracy on that
+    folder's photos (heads trained on every animals10 photo); None where `cats_and_dogs` is None.
+    `per_class` keeps only the first photos of each animals10 class."""
     session = ort.InferenceSession(MODEL)
-    paths, y = folder(f"{SHARED}/data/animals10/images", [(c, c) for c in CLASSES])
+    paths, y = folder(animals, [(c, c) for c in CLASSES], per_class)
     logits, x = run(session, paths)
     flipped_logits, flipped_x = run(session, paths, flip=True)
-    cd_paths, cd_y = folder(
-        f"{SHARED}/data/cats_and_dogs_filtered/validation", [("cats", "cat"), ("dogs", "dog")]
-    )
-    cd_logits, cd_x = run(session, cd_paths)
-    prior, flipped_prior, cd_prior = (log_mapped(l) for l in (logits, flipped_logits, cd_logits))
+    if cats_and_dogs:
+        cd_paths, cd_y = folder(cats_and_dogs, [("cats", "cat"), ("dogs", "dog")])
+        cd_logits, cd_x = run(session, cd_paths)
+        cd_prior = log_mapped(cd_logits)
+    prior, flipped_prior = (log_mapped(l) for l in (logits, flipped_logits))
 
     rows = []
     for name, reduce in (("mapping (sum)", np.sum), ("mapping (max)", np.max)):
-        rows.append((name, f"{np.mean(mapped(logits, reduce) == y):.1%}", np.mean(mapped(cd_logits, reduce) == cd_y)))
+        rows.append({"candidate": name, "accuracy": np.mean(mapped(logits, reduce) == y), "spread": None,
+                     "cats_and_dogs": np.mean(mapped(cd_logits, reduce) == cd_y) if cats_and_dogs else None})
 
     def candidate(with_prior, flips, weight_decay):
         def inputs(rows):
@@ -148,20 +163,26 @@ def main():
             w, b = fit(train)
             return x[test] @ w + b + (prior[test] if with_prior else 0)
 
-        mean, spread = cross_validate(y, fit_predict)
-        w, b = fit(np.arange(len(y)))
-        cd = np.mean((cd_x @ w + b + (cd_prior if with_prior else 0)).argmax(1) == cd_y)
-        return f"{mean:.1%} ± {spread:.1%}", cd
+        mean, spread = cross_validate(y, fit_predict, seeds, folds)
+        cd = None
+        if cats_and_dogs:
+            w, b = fit(np.arange(len(y)))
+            cd = np.mean((cd_x @ w + b + (cd_prior if with_prior else 0)).argmax(1) == cd_y)
+        return mean, spread, cd
 
-    for with_prior, flips, weight_decay in (
-        (False, False, 1e-4), (False, True, 1e-4), (True, False, 1e-4), (True, False, 1e-2), (True, True, 1e-2)
-    ):
+    for with_prior, flips, weight_decay in CANDIDATES:
         name = ("head + prior" if with_prior else "head") + (" + flips" if flips else "") + f", weight decay {weight_decay:g}"
-        rows.append((name, *candidate(with_prior, flips, weight_decay)))
+        mean, spread, cd = candidate(with_prior, flips, weight_decay)
+        rows.append({"candidate": name, "accuracy": mean, "spread": spread, "cats_and_dogs": cd})
+    return rows
+
+
+def main():
     print("| candidate | animals10 (240; heads: 5-fold CV) | cats_and_dogs validation (1,000) |")
     print("| --- | --- | --- |")
-    for name, a, c in rows:
-        print(f"| {name} | {a} | {c:.1%} |")
+    for r in measure():
+        a = f"{r['accuracy']:.1%}" + (f" ± {r['spread']:.1%}" if r["spread"] is not None else "")
+        print(f"| {r['candidate']} | {a} | {r['cats_and_dogs']:.1%} |")
 
 
 if __name__ == "__main__":

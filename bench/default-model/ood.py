@@ -5,6 +5,8 @@ AUROC of the calibrated top score and the acceptance/rejection rates at the mode
 
 Usage: python bench/default-model/ood.py [--bestiary target/release/bestiary] [--model builtin]
        [--photos DIR] [--generated N]   (needs pillow and numpy)
+`measure()` returns the figures as numbers; the benchmark's trust figure
+(bench/harness/fig_trust.py) calls it.
 """
 
 import argparse
@@ -63,10 +65,10 @@ def generated(count, seed=0):
     return images
 
 
-def classify(bestiary, model, folder, out):
+def classify(bestiary, model, folder, out, env=None, stdout=None):
     subprocess.run(
         [bestiary, "--quiet", "classify", folder, "--model", model, "--out", out, "--format", "jsonl"],
-        check=True,
+        check=True, env=env, stdout=stdout,
     )
     records = []
     for directory, _, names in sorted(os.walk(out)):
@@ -85,6 +87,27 @@ def auroc(positive, negative):
     return greater + 0.5 * ties
 
 
+def measure(bestiary, model, photos, count, env=None, stdout=None):
+    """Classifies the photos under `photos` and `count` generated images with `bestiary classify`
+    (environment `env`, its summaries to `stdout`); returns the counts, the AUROC of `unknown_score` and how many photos the
+    model's threshold accepted and how many generated images it rejected."""
+    with tempfile.TemporaryDirectory() as work:
+        fake = os.path.join(work, "generated")
+        os.makedirs(fake)
+        for i, image in enumerate(generated(count)):
+            image.save(os.path.join(fake, f"{i:03d}.jpg"), quality=90)
+        inside = classify(bestiary, model, photos, os.path.join(work, "in"), env, stdout)
+        outside = classify(bestiary, model, fake, os.path.join(work, "out"), env, stdout)
+    score = lambda r: r["unknown_score"]
+    return {
+        "photos": len(inside),
+        "generated": len(outside),
+        "auroc": auroc([score(r) for r in inside], [score(r) for r in outside]),
+        "accepted": sum(not r["unknown"] for r in inside),
+        "rejected": sum(r["unknown"] for r in outside),
+    }
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--bestiary", default=os.path.join(ROOT, "target/release/bestiary"))
@@ -92,20 +115,11 @@ def main():
     p.add_argument("--photos", default=os.path.join(ROOT, "../shared/data/animals10/images"))
     p.add_argument("--generated", type=int, default=70)
     cfg = p.parse_args()
-    with tempfile.TemporaryDirectory() as work:
-        fake = os.path.join(work, "generated")
-        os.makedirs(fake)
-        for i, image in enumerate(generated(cfg.generated)):
-            image.save(os.path.join(fake, f"{i:03d}.jpg"), quality=90)
-        inside = classify(cfg.bestiary, cfg.model, cfg.photos, os.path.join(work, "in"))
-        outside = classify(cfg.bestiary, cfg.model, fake, os.path.join(work, "out"))
-    score = lambda r: r["unknown_score"]
-    print(f"in-distribution photos: {len(inside)}, generated non-animals: {len(outside)}")
-    print(f"AUROC of the calibrated top score: {auroc([score(r) for r in inside], [score(r) for r in outside]):.3f}")
-    accepted = sum(not r["unknown"] for r in inside)
-    rejected = sum(r["unknown"] for r in outside)
-    print(f"at the model's threshold: {accepted}/{len(inside)} photos accepted ({accepted / len(inside):.1%}), "
-          f"{rejected}/{len(outside)} generated images rejected ({rejected / len(outside):.1%})")
+    m = measure(cfg.bestiary, cfg.model, cfg.photos, cfg.generated)
+    print(f"in-distribution photos: {m['photos']}, generated non-animals: {m['generated']}")
+    print(f"AUROC of the calibrated top score: {m['auroc']:.3f}")
+    print(f"at the model's threshold: {m['accepted']}/{m['photos']} photos accepted ({m['accepted'] / m['photos']:.1%}), "
+          f"{m['rejected']}/{m['generated']} generated images rejected ({m['rejected'] / m['generated']:.1%})")
 
 
 if __name__ == "__main__":

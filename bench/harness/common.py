@@ -190,3 +190,22 @@ def row(figure, workload, settings, metric, unit, bestiary, peer_side, higher_is
         "ratio": ratio,
         **extra,
     }
+
+
+def measurement(figure, workload, settings, metric, unit, value=None, error=None, detail=None, **extra):
+    """One line of a table of figures that have no peer (accuracy, calibration error, AUROC):
+    `value` measured in this run, or None with `error` saying why; `detail` is shown beside it
+    (counts, spreads). `ratio` is None, so the chart and the ratio columns leave it out."""
+    return {
+        "figure": figure,
+        "workload": workload,
+        "settings": settings,
+        "metric": metric,
+        "unit": unit,
+        "kind": "measurement",
+        "value": value,
+        "error": error,
+        "detail": detail,
+        "ratio": None,
+        **extra,
+    }

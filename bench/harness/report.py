@@ -16,6 +16,7 @@ FIGURE_TITLES = {
     "4 engine": "Inference engines",
     "5 server": "HTTP serving, JPEG in, JSON out",
     "6 bulk": "Bulk classification of an S3 prefix",
+    "8 trust": "Accuracy, calibration and \"none of my classes\" of the built-in model",
 }
 
 
@@ -38,6 +39,13 @@ def gflops(r, which, peak):
 
 def ratio_text(r):
     return "–" if r["ratio"] is None else f"**{r['ratio']:.2f}×**"
+
+
+def value_text(r):
+    """The value of a measurement row (common.measurement), or why it is missing."""
+    if r["value"] is None:
+        return f"not run: {(r.get('error') or 'no value')[:160]}".replace("|", "/").replace("\n", " ")
+    return f"{fmt(r['value'])}{'' if r['unit'] in ('', '%') else ' '}{r['unit']}"
 
 
 def markdown(results):
@@ -77,6 +85,13 @@ def markdown(results):
             if key not in seen:
                 seen.append(key)
                 out.append("- " + f"**{r['workload']}**: " + "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in r["settings"].items()))
+        if all(r.get("kind") == "measurement" for r in rows):  # figures without peers: one value a row
+            out += ["", "| workload | metric | value | detail |", "| --- | --- | --- | --- |"]
+            for i, r in enumerate(rows):
+                workload = "" if i and rows[i - 1]["workload"] == r["workload"] else r["workload"]
+                out.append(f"| {workload} | {r['metric']} | {value_text(r)} | {r.get('detail') or '–'} |")
+            out.append("")
+            continue
         out += ["", "| workload | metric | Bestiary side | peer side | Bestiary median | peer median | ratio | GFLOP/s (% of peak) Bestiary / peer |",
                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in rows:
@@ -130,6 +145,10 @@ def chart(results, path):
 def console(results):
     lines = []
     for r in results["rows"]:
+        if r.get("kind") == "measurement":
+            lines.append(f"{r['figure']:<20} {r['workload'][:44]:<44} {r['metric'][:48]:<48} {value_text(r)}"
+                         + (f" ({r['detail']})" if r.get("detail") else ""))
+            continue
         b, p = r["bestiary"], r["peer"]
         lines.append(f"{r['figure']:<20} {r['workload'][:52]:<52} {r['metric'][:26]:<26} "
                      f"{b['name'][:22]:>22} {fmt(b['median']):>8} | {p['name'][:34]:<34} {fmt(p['median']):>8} {r['unit']:<5} "
