@@ -136,6 +136,7 @@ def exercised_server(tmp_path_factory):
         "--model-poll-interval", "0",
         "--cloudwatch-emf",
         "--cloudwatch-emf-interval", "0.5",
+        "--open-admin",  # the test fails a reload through /admin/reload, without a key
     ]
     with serve(*args, log=log) as base:
         for i, photo in enumerate(photos()):

@@ -27,7 +27,7 @@ pub enum EndpointAnswer {
         width: Option<u32>,
         height: Option<u32>,
     },
-    /// The endpoint could not use the photo (HTTP 422 or 413): a result, not a failure.
+    /// The endpoint could not use the photo (HTTP 422): a result, not a failure.
     Rejected { code: String, message: String },
 }
 
@@ -160,7 +160,7 @@ impl EndpointClient {
                 .send(client.http.get(format!("{base}/v1/models")))
                 .await?
                 .map_err(|(status, text)| {
-                    client.failed(format!("GET /v1/models answered {status}: {text}"))
+                    client.refused(format!("GET /v1/models answered {status}: {text}"))
                 })?;
             let list: ModelList = serde_json::from_slice(&body)
                 .map_err(|e| client.failed(format!("unreadable /v1/models answer: {e}")))?;
@@ -188,6 +188,7 @@ impl EndpointClient {
     /// When the endpoint fails after retries, refuses the request itself (authentication,
     /// unknown route), or answers something unreadable.
     pub async fn classify(&self, photo: Bytes) -> Result<EndpointAnswer> {
+        let photo_bytes = photo.len();
         let request = self
             .http
             .post(&self.classify_url)
@@ -196,7 +197,7 @@ impl EndpointClient {
             .body(photo);
         let body = match self.send(request).await? {
             Ok(body) => body,
-            Err((status, text)) => return self.rejection(status, &text),
+            Err((status, text)) => return self.rejection(status, &text, photo_bytes),
         };
         let unreadable = |e: serde_json::Error| self.failed(format!("unreadable answer: {e}"));
         match self.contract {
@@ -258,9 +259,15 @@ impl EndpointClient {
         }
     }
 
-    /// A 4xx answer: a per-photo rejection (422 undecodable, 413 too large) or a failure of
-    /// the whole run (anything else: wrong key, wrong URL, wrong contract).
-    fn rejection(&self, status: StatusCode, text: &str) -> Result<EndpointAnswer> {
+    /// A 4xx answer: a per-photo rejection (422 undecodable) or a failure of the whole run
+    /// that retrying cannot mend (anything else: wrong key, wrong URL, wrong contract, a body
+    /// limit below the photo's size).
+    fn rejection(
+        &self,
+        status: StatusCode,
+        text: &str,
+        photo_bytes: usize,
+    ) -> Result<EndpointAnswer> {
         let body: Option<ErrorBody> = serde_json::from_str(text).ok();
         let message = body
             .as_ref()
@@ -274,11 +281,14 @@ impl EndpointClient {
                     .unwrap_or_else(|| "rejected".into()),
                 message,
             }),
-            StatusCode::PAYLOAD_TOO_LARGE => Ok(EndpointAnswer::Rejected {
-                code: "too-large".into(),
-                message,
-            }),
-            other => Err(self.failed(format!("answered {other}: {message}"))),
+            // The photo is fine; the endpoint's body limit is too small for it. Committing a
+            // `too-large` result would pass a configuration problem off as a verdict.
+            StatusCode::PAYLOAD_TOO_LARGE => Err(self.refused(format!(
+                "answered 413 for a photo of {photo_bytes} bytes: its body limit is smaller \
+                 (raise `bestiary serve --max-body-mb` there, or run without --endpoint): \
+                 {message}"
+            ))),
+            other => Err(self.refused(format!("answered {other}: {message}"))),
         }
     }
 
@@ -331,6 +341,13 @@ impl EndpointClient {
 
     fn failed(&self, reason: String) -> BulkError {
         BulkError::Endpoint {
+            url: self.url.clone(),
+            reason,
+        }
+    }
+
+    fn refused(&self, reason: String) -> BulkError {
+        BulkError::EndpointRefused {
             url: self.url.clone(),
             reason,
         }

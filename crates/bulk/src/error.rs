@@ -15,6 +15,9 @@ pub enum BulkError {
     /// The classification endpoint failed after retries, or answered something unreadable.
     #[error("endpoint {url}: {reason}")]
     Endpoint { url: String, reason: String },
+    /// The endpoint refused a request in a way no retry can change (401, 403, 404, 413, …).
+    #[error("endpoint {url}: {reason}")]
+    EndpointRefused { url: String, reason: String },
     /// Something in the output prefix is not what Bestiary wrote there.
     #[error("{url}: {reason}")]
     Output { url: String, reason: String },
@@ -39,7 +42,10 @@ impl BulkError {
     /// instead of retrying it). Outages and endpoint failures are not permanent.
     pub fn is_permanent(&self) -> bool {
         match self {
-            Self::Config(_) | Self::Output { .. } | Self::Conflict { .. } => true,
+            Self::Config(_)
+            | Self::Output { .. }
+            | Self::Conflict { .. }
+            | Self::EndpointRefused { .. } => true,
             Self::Storage(error) => error.is_permanent(),
             Self::Engine(_) | Self::Endpoint { .. } | Self::Tagging { .. } => false,
         }

@@ -41,6 +41,11 @@ fn local_listing(
             if root.is_dir() {
                 // A send error means the consumer is gone: nothing left to do.
                 let _ = walk.folder(&root, "");
+            } else {
+                // A mistyped folder must not list nothing and pass as an empty success.
+                let missing = StorageError::new(StorageErrorKind::BucketNotFound, walk.url.clone())
+                    .with_detail("no such folder");
+                let _ = walk.sender.blocking_send(Err(missing));
             }
         })
         .expect("spawn the folder walker");
@@ -192,6 +197,12 @@ mod tests {
             &StoreOptions::default(),
         )
         .unwrap();
-        assert!(keys(&missing, None).await.is_empty());
+        // A mistyped folder is an error, never an empty listing that passes as success.
+        let error = ordered_listing(&missing, None)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind, StorageErrorKind::BucketNotFound);
+        assert!(error.is_permanent());
     }
 }

@@ -544,14 +544,7 @@ impl PartWriter {
             written_at: record::timestamp(),
         };
         let text = serde_json::to_vec_pretty(&marker).expect("markers serialise");
-        if !store.put_if_absent(&marker_key(seq), text).await? {
-            if let Some(name) = &part {
-                store.delete(&format!("{PARTS}/{name}")).await?;
-            }
-            return Err(BulkError::Conflict {
-                url: store.url_of(&marker_key(seq)),
-            });
-        }
+        put_marker(store, seq, text, part.as_deref()).await?;
         self.next_seq += 1;
         self.last_marker_complete = listing_complete;
         self.buffer.clear();
@@ -565,6 +558,29 @@ impl PartWriter {
             keys: std::mem::take(&mut self.keys),
         }))
     }
+}
+
+/// Commits the marker `text` of part number `seq` (whose results are in `part`, if any).
+///
+/// "Already exists" is not always a lost race: a PUT that succeeded but whose answer was lost
+/// is retried by the store client and then finds its own marker. So the marker there is read
+/// first; only someone else's means a conflict, and only then is this process's part deleted
+/// (deleting it under its own committed marker would break every later run and `--merge`).
+async fn put_marker(store: &Store, seq: u64, text: Vec<u8>, part: Option<&str>) -> Result<()> {
+    let key = marker_key(seq);
+    if store.put_if_absent(&key, text.clone()).await? {
+        return Ok(());
+    }
+    if store.get(&key).await?.as_ref() == text.as_slice() {
+        tracing::debug!("{key} was already committed by this process (a retried PUT)");
+        return Ok(());
+    }
+    if let Some(name) = part {
+        store.delete(&format!("{PARTS}/{name}")).await?;
+    }
+    Err(BulkError::Conflict {
+        url: store.url_of(&key),
+    })
 }
 
 #[cfg(test)]
@@ -724,6 +740,29 @@ mod tests {
             .await
             .unwrap();
         assert!(ShardFolder::open(&out, &run, Shard::ALL).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_marker_found_already_there_is_read_before_the_part_is_deleted() {
+        let store =
+            Store::open("memory://manifest-test/markers", &StoreOptions::default()).unwrap();
+        let part = "part-00000003-1.jsonl";
+        store
+            .put(&format!("{PARTS}/{part}"), b"results".to_vec())
+            .await
+            .unwrap();
+        // A retried PUT finds this process's own marker: committed, and the part stays.
+        let ours = b"{\"seq\": 3, \"part\": \"part-00000003-1.jsonl\"}".to_vec();
+        store.put(&marker_key(3), ours.clone()).await.unwrap();
+        put_marker(&store, 3, ours, Some(part)).await.unwrap();
+        assert!(store.exists(&format!("{PARTS}/{part}")).await.unwrap());
+        // Another process's marker: a conflict, and this process's part goes.
+        let theirs = b"{\"seq\": 3, \"part\": \"part-00000003-2.jsonl\"}".to_vec();
+        let mine = b"{\"seq\": 3, \"part\": \"part-00000003-1.jsonl\", \"x\": 1}".to_vec();
+        store.put(&marker_key(3), theirs).await.unwrap();
+        let error = put_marker(&store, 3, mine, Some(part)).await.unwrap_err();
+        assert!(matches!(error, BulkError::Conflict { .. }), "{error}");
+        assert!(!store.exists(&format!("{PARTS}/{part}")).await.unwrap());
     }
 
     #[test]

@@ -98,11 +98,14 @@ impl Pipeline {
         let consume = self.consume(receiver, writer, &halt, on_commit);
         let (fed, consumed) = tokio::join!(feed, consume);
         let (mut end, failure) = consumed;
-        let failure = failure.or(fed.as_ref().err().map(|e| BulkError::Output {
-            url: self.input.url().display(),
-            reason: format!("listing failed: {e}"),
-        }));
-        let complete = failure.is_none() && fed.as_ref().is_ok_and(|f| f.complete);
+        // A failed listing stays a storage error: an outage is transient (watch polls again),
+        // a denied or missing bucket permanent, as the store says.
+        let (fed, listing_failure) = match fed {
+            Ok(fed) => (Some(fed), None),
+            Err(error) => (None, Some(BulkError::Storage(error))),
+        };
+        let failure = failure.or(listing_failure);
+        let complete = failure.is_none() && fed.as_ref().is_some_and(|f| f.complete);
         end.not_selected = fed.map_or(0, |f| f.not_selected);
         match writer.commit(mark_complete && complete).await {
             Ok(Some(committed)) => self.committed(committed, &mut end, on_commit),

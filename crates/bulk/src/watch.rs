@@ -69,9 +69,10 @@ fn hash(text: &str) -> u64 {
 /// the summary of everything classified while it ran.
 ///
 /// # Errors
-/// See [`Session::open`]; and [`BulkError::Conflict`] when another process watches the same
-/// shard into the same output. A poll that fails otherwise (storage outage, endpoint down) is
-/// logged and retried at the next interval.
+/// See [`Session::open`]; and every error of a poll that no retry can mend
+/// ([`BulkError::is_permanent`]: another process watching the same shard into the same output,
+/// denied credentials, a missing bucket, an endpoint refusing the key). A poll that fails
+/// otherwise (storage outage, endpoint down) is logged and retried at the next interval.
 pub async fn watch(
     config: &BulkConfig,
     options: &WatchOptions,
@@ -156,8 +157,9 @@ pub async fn watch(
         progress.polled();
         match result {
             Ok(()) => {}
-            // Another process on this shard, or settings that cannot work: no point going on.
-            Err(error @ (BulkError::Conflict { .. } | BulkError::Config(_))) => return Err(error),
+            // Another process on this shard, settings that cannot work, a denied bucket, a
+            // revoked key: no later poll can succeed, so the watch ends with the error.
+            Err(error) if error.is_permanent() => return Err(error),
             Err(error) => {
                 // An outage: try again at the next poll with a writer reopened from what was
                 // committed (results that were not are dropped, to be classified again).

@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use bestiary_bulk::{OutputFormat, Shard};
 use bestiary_dataset::{DatasetOptions, SplitConfig};
@@ -35,14 +36,38 @@ pub struct GlobalArgs {
     #[arg(long, env = "BESTIARY_S3_ENDPOINT", global = true)]
     pub s3_endpoint: Option<String>,
 
-    /// Retries of transient storage errors (timeouts, 5xx), with exponential backoff.
+    /// Retries of one storage request after transient errors (timeouts, 5xx, refused
+    /// connections), with jittered exponential backoff of 0.1 to 5 s; see also
+    /// --storage-retry-timeout.
     #[arg(
         long,
         env = "BESTIARY_STORAGE_RETRIES",
-        default_value_t = 5,
+        default_value_t = 10,
         global = true
     )]
     pub storage_retries: usize,
+
+    /// Seconds after a request's first attempt when no further retry starts: how long an
+    /// outage a job rides out (a rerun continues where a failed one stopped).
+    #[arg(
+        long,
+        env = "BESTIARY_STORAGE_RETRY_TIMEOUT",
+        default_value_t = 60.0,
+        value_parser = positive_seconds,
+        global = true
+    )]
+    pub storage_retry_timeout: f64,
+
+    /// Seconds one storage request may take before it fails (and is retried): a server that
+    /// accepts connections and then stops answering cannot hang a job.
+    #[arg(
+        long,
+        env = "BESTIARY_STORAGE_TIMEOUT",
+        default_value_t = 30.0,
+        value_parser = positive_seconds,
+        global = true
+    )]
+    pub storage_timeout: f64,
 
     /// Log format on stderr.
     #[arg(long, env = "BESTIARY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -58,8 +83,21 @@ impl GlobalArgs {
         StoreOptions {
             s3_endpoint: self.s3_endpoint.clone(),
             max_retries: self.storage_retries,
+            // positive_seconds let only finite, positive values through.
+            request_timeout: Duration::from_secs_f64(self.storage_timeout),
+            retry_timeout: Duration::from_secs_f64(self.storage_retry_timeout),
             ..StoreOptions::default()
         }
+    }
+}
+
+/// A duration in seconds that `Duration::from_secs_f64` takes: finite, positive, at most a day.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(value) if value.is_finite() && value > 0.0 && value <= 86_400.0 => Ok(value),
+        _ => Err(format!(
+            "expected a number of seconds above 0 and at most 86400, got {text:?}"
+        )),
     }
 }
 
@@ -725,9 +763,16 @@ pub struct ServeArgs {
     pub port: Option<u16>,
 
     /// The bucket that keys in `{"uris": [...]}` are relative to (a local folder is created if
-    /// missing); full `s3://`, `gs://` and `az://` URIs are read wherever they point.
+    /// missing); full `s3://`, `gs://` and `az://` URIs are read only inside it or an
+    /// `--allow-uri-prefix`.
     #[arg(long, env = "BESTIARY_BUCKET", default_value = "./bucket")]
     pub bucket: String,
+
+    /// An `s3://`, `gs://` or `az://` prefix outside the bucket that `{"uris": [...]}` may read
+    /// (repeatable, or comma-separated), e.g. `s3://photos/incoming/`. Other URIs get 403
+    /// before any request leaves the server, so callers cannot use its credentials elsewhere.
+    #[arg(long, env = "BESTIARY_ALLOW_URI_PREFIX", value_delimiter = ',')]
+    pub allow_uri_prefix: Vec<String>,
 
     /// Images per inference batch, at most [default: the engine's choice: 1 for ort and tract,
     /// whose per-image speed on a CPU falls as batches grow; 32 for burn].
@@ -758,7 +803,8 @@ pub struct ServeArgs {
     #[arg(long, env = "BESTIARY_MAX_CONCURRENT_REQUESTS", default_value_t = 512)]
     pub max_concurrent_requests: usize,
 
-    /// Largest request body in MiB (objects named by URI may be of any size).
+    /// Largest request body in MiB; also what the objects one request names by URI may hold
+    /// together.
     #[arg(long, env = "BESTIARY_MAX_BODY_MB", default_value_t = 32)]
     pub max_body_mb: usize,
 
@@ -766,7 +812,18 @@ pub struct ServeArgs {
     #[arg(long, env = "BESTIARY_MAX_MEGAPIXELS", default_value_t = 50.0)]
     pub max_megapixels: f64,
 
-    /// A classification request taking longer fails with 503, in seconds.
+    /// Client connections open at once; more wait in the accept queue (slow or idle clients
+    /// cannot take every socket).
+    #[arg(long, env = "BESTIARY_MAX_CONNECTIONS", default_value_t = 768)]
+    pub max_connections: usize,
+
+    /// Seconds a client may take to send a request's headers, or sit idle on a keep-alive
+    /// connection, before the connection is closed.
+    #[arg(long, env = "BESTIARY_HEADER_READ_TIMEOUT", default_value_t = 10.0)]
+    pub header_read_timeout: f64,
+
+    /// A classification request taking longer fails with 503, in seconds (the body's upload
+    /// included, so a trickled body is cut off too).
     #[arg(long, env = "BESTIARY_REQUEST_TIMEOUT", default_value_t = 30.0)]
     pub request_timeout: f64,
 
@@ -776,7 +833,8 @@ pub struct ServeArgs {
     pub shutdown_timeout: f64,
 
     /// API key clients must send as `Authorization: Bearer <key>` (repeat the flag or separate
-    /// keys with commas); /ping, /metrics, /v2/health/* and /docs stay open.
+    /// keys with commas); /ping, /metrics, /v2/health/* and /docs stay open. Without a key the
+    /// data routes are open and /admin/* is off (see --open-admin).
     // `hide_env_values`: clap would otherwise print the keys set in the environment in --help.
     #[arg(long, env = "BESTIARY_API_KEY", hide_env_values = true)]
     pub api_key: Vec<String>,
@@ -784,6 +842,12 @@ pub struct ServeArgs {
     /// A file of API keys, one per line (`#` starts a comment).
     #[arg(long, env = "BESTIARY_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
+
+    /// Opens /admin/* (reload, serve another version) to callers without a key when no key is
+    /// set: for a workstation, never a port that others can reach. With keys it changes
+    /// nothing: admin routes need a key.
+    #[arg(long, env = "BESTIARY_OPEN_ADMIN")]
+    pub open_admin: bool,
 
     /// Origin allowed to call the API from a browser (repeatable; `*` for any). No CORS headers
     /// without it.

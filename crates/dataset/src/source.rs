@@ -500,7 +500,7 @@ async fn list_references(
 }
 
 /// (reference, class) pairs of a JSON Lines manifest.
-fn parse_manifest(url: &str, text: &str, label: Option<&str>) -> Result<Vec<(String, String)>> {
+pub fn parse_manifest(url: &str, text: &str, label: Option<&str>) -> Result<Vec<(String, String)>> {
     let mut pairs = Vec::new();
     for (number, line) in text
         .lines()
@@ -561,7 +561,7 @@ fn label_attribute(
 }
 
 /// (reference, class) pairs of a `key,label` CSV; a header row is recognised and skipped.
-fn parse_csv(url: &str, text: &str) -> Result<Vec<(String, String)>> {
+pub fn parse_csv(url: &str, text: &str) -> Result<Vec<(String, String)>> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)

@@ -11,6 +11,11 @@ pub const METADATA_FORMAT: u32 = 1;
 
 /// File name of the metadata inside a version folder.
 pub const METADATA_FILE: &str = "model.json";
+/// Largest network input side a model.json may declare (pixels): 8× the 224 px of ImageNet
+/// models leaves room for any real network, and one such tensor is still only 150 MB.
+pub const MAX_IMAGE_SIZE: u32 = 4096;
+/// Most classes a model.json may list (ImageNet-21k has 21,841).
+pub const MAX_CLASSES: usize = 100_000;
 
 /// What the network expects.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,7 +111,8 @@ impl ModelMetadata {
         }
     }
 
-    /// Parses and checks `model.json`.
+    /// Parses and checks `model.json`: known format, classes, and every size within bounds
+    /// ([`MAX_IMAGE_SIZE`], [`MAX_CLASSES`]).
     pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
         let metadata: Self =
             serde_json::from_slice(bytes).map_err(|e| format!("invalid model.json: {e}"))?;
@@ -119,8 +125,34 @@ impl ModelMetadata {
         if metadata.classes.is_empty() {
             return Err("model.json lists no classes".into());
         }
-        if metadata.input.image_size == 0 || !(0.0..=1.0).contains(&metadata.input.crop_fraction) {
-            return Err("model.json has an invalid input size or crop fraction".into());
+        // Model files are input too: every size below is allocated per photo or per batch,
+        // so an absurd one must be an error here, not an out-of-memory abort later.
+        if metadata.classes.len() > MAX_CLASSES {
+            return Err(format!(
+                "model.json lists {} classes; at most {MAX_CLASSES} are supported",
+                metadata.classes.len()
+            ));
+        }
+        let input = &metadata.input;
+        if !(1..=MAX_IMAGE_SIZE).contains(&input.image_size) {
+            return Err(format!(
+                "model.json's input size {} is outside 1..={MAX_IMAGE_SIZE} pixels",
+                input.image_size
+            ));
+        }
+        if !(input.crop_fraction > 0.05 && input.crop_fraction <= 1.0) {
+            return Err(format!(
+                "model.json's crop fraction {} is outside (0.05, 1]",
+                input.crop_fraction
+            ));
+        }
+        let normalization = &input.normalization;
+        if !(normalization.mean.iter().all(|m| m.is_finite())
+            && normalization.std.iter().all(|s| s.is_finite() && *s > 0.0))
+        {
+            return Err(
+                "model.json's normalisation needs finite means and positive deviations".into(),
+            );
         }
         if let Some(calibration) = &metadata.calibration {
             let threshold_ok = calibration
@@ -141,5 +173,69 @@ impl ModelMetadata {
 
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec_pretty(self).expect("metadata serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json_with(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+        let mut metadata = ModelMetadata::new(
+            "m",
+            "seed-cnn",
+            vec!["a".into(), "b".into()],
+            InputSpec {
+                image_size: 64,
+                normalization: Normalization::imagenet(),
+                crop_fraction: 0.875,
+            },
+        );
+        metadata.version = "v".into();
+        metadata.created = "2026-12-02T00:00:00Z".into();
+        let mut json = serde_json::to_value(&metadata).unwrap();
+        edit(&mut json);
+        serde_json::to_vec(&json).unwrap()
+    }
+
+    #[test]
+    fn hostile_sizes_are_refused_at_parse_time() {
+        assert!(ModelMetadata::from_json(&json_with(|_| {})).is_ok());
+        let hostile: [(&str, Box<dyn Fn(&mut serde_json::Value)>); 7] = [
+            (
+                "huge input",
+                Box::new(|j| j["input"]["image_size"] = 4_000_000_000u32.into()),
+            ),
+            (
+                "zero input",
+                Box::new(|j| j["input"]["image_size"] = 0.into()),
+            ),
+            (
+                "zero crop",
+                Box::new(|j| j["input"]["crop_fraction"] = 0.0.into()),
+            ),
+            (
+                "zero std",
+                Box::new(|j| j["input"]["normalization"]["std"] = serde_json::json!([1, 0, 1])),
+            ),
+            (
+                "many classes",
+                Box::new(|j| {
+                    j["classes"] =
+                        serde_json::json!((0..100_001).map(|i| i.to_string()).collect::<Vec<_>>())
+                }),
+            ),
+            (
+                "no classes",
+                Box::new(|j| j["classes"] = serde_json::json!([])),
+            ),
+            ("not json", Box::new(|j| *j = serde_json::json!("x"))),
+        ];
+        for (what, edit) in hostile {
+            assert!(
+                ModelMetadata::from_json(&json_with(edit)).is_err(),
+                "{what}"
+            );
+        }
     }
 }

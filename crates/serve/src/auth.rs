@@ -1,5 +1,5 @@
 //! API keys: Bearer tokens checked in constant time on every route but health, ping, metrics
-//! and the static pages (the docs and the web console).
+//! and the static pages (the docs and the web console); `/admin/*` is off without one.
 
 use std::sync::Arc;
 
@@ -22,10 +22,16 @@ const PUBLIC_PATHS: [&str; 5] = [
     "/docs",
 ];
 
-/// The accepted keys. Empty means authentication is off.
+/// Routes that change what the server serves: they need a key even where the data routes are
+/// open, so a server started without keys cannot be re-pointed by whoever reaches its port.
+const ADMIN_PREFIX: &str = "/admin/";
+
+/// The accepted keys. Empty means the data routes are open and `/admin/*` is off, unless
+/// [`ApiKeys::open_admin`] opened it.
 #[derive(Clone, Default)]
 pub struct ApiKeys {
     keys: Arc<Vec<Vec<u8>>>,
+    open_admin: bool,
 }
 
 impl std::fmt::Debug for ApiKeys {
@@ -46,7 +52,16 @@ impl ApiKeys {
                     .map(|k| k.as_bytes().to_vec())
                     .collect(),
             ),
+            open_admin: false,
         }
+    }
+
+    /// Lets keyless callers use `/admin/*` when no key is configured (`--open-admin`: a
+    /// workstation or a test, never a port others reach). With keys, admin routes need one.
+    #[must_use]
+    pub fn open_admin(mut self, open: bool) -> Self {
+        self.open_admin = open;
+        self
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -63,6 +78,11 @@ impl ApiKeys {
         matched.into()
     }
 
+    /// Whether `path` is an admin route closed for want of a key.
+    pub fn admin_closed(&self, path: &str) -> bool {
+        !self.is_enabled() && !self.open_admin && path.starts_with(ADMIN_PREFIX)
+    }
+
     /// Whether `path` needs a key.
     pub fn protects(&self, path: &str) -> bool {
         // The console's page and scripts are static like the docs page: they ask for the key.
@@ -76,6 +96,9 @@ pub async fn require_api_key(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    if keys.admin_closed(request.uri().path()) {
+        return Err(ApiError::AdminClosed);
+    }
     if !keys.protects(request.uri().path()) {
         return Ok(next.run(request).await);
     }
@@ -134,6 +157,23 @@ mod tests {
         assert!(!keys.protects("/") && !keys.protects("/console/main.js"));
         assert!(keys.protects("/v1/bucket/photos") && keys.protects("/v1/thumbnail"));
         assert!(!ApiKeys::new::<&str>(&[]).protects("/v1/classify"));
+    }
+
+    #[test]
+    fn admin_routes_are_closed_without_a_key_unless_opened() {
+        let keyless = ApiKeys::new::<&str>(&[]);
+        assert!(keyless.admin_closed("/admin/reload"));
+        assert!(keyless.admin_closed("/admin/models/animals/serve"));
+        assert!(!keyless.admin_closed("/v1/classify") && !keyless.protects("/v1/classify"));
+        assert!(
+            !keyless
+                .clone()
+                .open_admin(true)
+                .admin_closed("/admin/reload")
+        );
+        let keyed = ApiKeys::new(&["k"]);
+        assert!(!keyed.admin_closed("/admin/reload") && keyed.protects("/admin/reload"));
+        assert!(keyed.open_admin(true).protects("/admin/reload"));
     }
 
     #[test]

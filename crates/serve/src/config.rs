@@ -26,12 +26,20 @@ pub struct ServeConfig {
     pub max_concurrent_requests: usize,
     /// Largest request body, in bytes (URIs in JSON name objects of any size).
     pub max_body_bytes: usize,
+    /// Client connections open at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers (or sit idle between
+    /// keep-alive requests) before its connection is closed.
+    pub header_read_timeout: Duration,
     /// A request that takes longer fails with 503 `timeout`.
     pub request_timeout: Duration,
     /// How long a shutdown waits for in-flight requests before it gives up on them.
     pub shutdown_timeout: Duration,
     /// Accepted Bearer tokens; empty means no authentication.
     pub api_keys: Vec<String>,
+    /// Lets callers without a key use `/admin/*` when `api_keys` is empty; off by default, so a
+    /// keyless server cannot be reloaded or re-pointed by whoever reaches its port.
+    pub open_admin: bool,
     /// Origins allowed by CORS (`*` for any); empty means no CORS headers.
     pub cors_allow_origins: Vec<String>,
     /// How often a `latest` pointer is checked for a new version; `None` never polls.
@@ -42,6 +50,9 @@ pub struct ServeConfig {
     pub cloudwatch_emf_interval: Option<Duration>,
     /// The bucket that relative keys in `{"uris": [...]}` are read from.
     pub bucket: String,
+    /// Object-store URL prefixes outside the bucket that `{"uris": [...]}` may name; anything
+    /// else is refused (403) before a request leaves the server.
+    pub allowed_uri_prefixes: Vec<String>,
     /// How stores (the bucket, `s3://` URIs, model folders) are opened.
     pub store: StoreOptions,
     /// Ceilings applied to every photo before its pixels are decoded.
@@ -65,15 +76,21 @@ impl Default for ServeConfig {
             max_queue: 1024,
             max_concurrent_requests: 512,
             max_body_bytes: 32 * 1024 * 1024,
+            // Far above the 512 requests handled at once, far below a default 1,024-descriptor
+            // limit's worth of sockets once files and the store's connections are counted.
+            max_connections: 768,
+            header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             // SageMaker allows 30 s between SIGTERM and SIGKILL.
             shutdown_timeout: Duration::from_secs(25),
             api_keys: Vec::new(),
+            open_admin: false,
             cors_allow_origins: Vec::new(),
             model_poll_interval: Some(Duration::from_secs(30)),
             cost_per_vcpu_hour: DEFAULT_COST_PER_VCPU_HOUR,
             cloudwatch_emf_interval: None,
             bucket: "./bucket".into(),
+            allowed_uri_prefixes: Vec::new(),
             store: StoreOptions::default(),
             decode_limits: DecodeLimits {
                 max_pixels: 50_000_000,
@@ -94,6 +111,7 @@ impl ServeConfig {
             ("max queue", self.max_queue),
             ("max concurrent requests", self.max_concurrent_requests),
             ("max body size", self.max_body_bytes),
+            ("max connections", self.max_connections),
             ("default top-k", self.default_top_k),
         ];
         for (name, value) in positive {
@@ -103,6 +121,9 @@ impl ServeConfig {
         }
         if !(self.cost_per_vcpu_hour.is_finite() && self.cost_per_vcpu_hour >= 0.0) {
             return Err("the cost per vCPU-hour must be a non-negative number".into());
+        }
+        if self.header_read_timeout.is_zero() {
+            return Err("the header read timeout must be positive".into());
         }
         if self.model_poll_interval == Some(Duration::ZERO) {
             return Err("the model poll interval must be positive (or off)".into());

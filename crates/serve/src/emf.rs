@@ -91,6 +91,9 @@ mod tests {
             cost_per_vcpu_hour_usd: 0.0575,
             cost_per_1000_images_usd: 0.0,
             estimated_cost_usd: 0.0,
+            vcpus: 2,
+            instance_cost_usd: 0.0,
+            capacity_used: 0.0,
             resident_memory_bytes: 50_000_000,
             images_by_label: BTreeMap::new(),
             recent: crate::usage::RecentActivity {

@@ -17,6 +17,15 @@ pub enum ApiError {
     BadRequest(String),
     #[error("missing or invalid API key (send it as `Authorization: Bearer <key>`)")]
     Unauthorized,
+    #[error(
+        "/admin/* is off on a server without API keys: start serve with --api-key (or \
+         --open-admin on a machine only you can reach)"
+    )]
+    AdminClosed,
+    /// A URI outside the bucket and the `--allow-uri-prefix` list: refused before any request
+    /// leaves the server, so callers cannot use its credentials on other buckets.
+    #[error("{0}")]
+    UriNotAllowed(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -49,8 +58,14 @@ pub enum ApiError {
     ShuttingDown,
     #[error("the request took longer than {0:?}")]
     Timeout(Duration),
-    #[error("{0}")]
+    /// A storage failure. The client sees only its kind (the store's URL, paths and the
+    /// credential chain's messages stay in the server's log, written by `into_response`).
+    #[error("{}", .0.kind.describe())]
     Storage(#[from] StorageError),
+    /// A storage failure about an object the client named: the response names it as the client
+    /// gave it, never where it lives.
+    #[error("{}: {name}", .error.kind.describe())]
+    Object { name: String, error: StorageError },
     #[error("{0}")]
     Internal(String),
 }
@@ -76,6 +91,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::AdminClosed => (StatusCode::FORBIDDEN, "admin_closed"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
@@ -90,7 +106,8 @@ impl ApiError {
             Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             Self::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
-            Self::Storage(error) => match error.kind {
+            Self::UriNotAllowed(_) => (StatusCode::FORBIDDEN, "uri_not_allowed"),
+            Self::Storage(error) | Self::Object { error, .. } => match error.kind {
                 StorageErrorKind::InvalidUrl | StorageErrorKind::InvalidKey => {
                     (StatusCode::BAD_REQUEST, "invalid_uri")
                 }
@@ -98,6 +115,7 @@ impl ApiError {
                     (StatusCode::NOT_FOUND, "object_not_found")
                 }
                 StorageErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, "storage_forbidden"),
+                StorageErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
                 // The store behind the server failed, not the server itself.
                 _ => (StatusCode::BAD_GATEWAY, "storage_error"),
             },
@@ -121,6 +139,14 @@ impl ApiError {
         }
     }
 
+    /// A storage failure about the object the client called `name`.
+    pub fn object(name: &str, error: StorageError) -> Self {
+        Self::Object {
+            name: name.to_string(),
+            error,
+        }
+    }
+
     pub fn overloaded(message: impl Into<String>) -> Self {
         Self::Overloaded {
             message: message.into(),
@@ -132,8 +158,16 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, error_type) = self.status_and_type();
-        if status.is_server_error() {
-            tracing::warn!(%status, error_type, "{self}");
+        match &self {
+            // The whole story, URL and cause included, is for the operator only.
+            Self::Storage(error) | Self::Object { error, .. } if status.is_server_error() => {
+                tracing::warn!(%status, error_type, "{error}");
+            }
+            Self::Storage(error) | Self::Object { error, .. } => {
+                tracing::info!(%status, error_type, "{error}");
+            }
+            _ if status.is_server_error() => tracing::warn!(%status, error_type, "{self}"),
+            _ => {}
         }
         let (reason, image) = match &self {
             Self::UndecodableImage { reason, image, .. } => {

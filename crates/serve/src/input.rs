@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -11,6 +12,7 @@ use axum::http::{HeaderMap, header};
 use base64::Engine as _;
 use bestiary_storage::{StorageErrorKind, Store, StoreOptions, StoreUrl, parse_store_url};
 use bytes::{Bytes, BytesMut};
+use futures::future::Either;
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -275,12 +277,33 @@ async fn read_json_lines(body: &[u8], uris: &UriReader) -> Result<Vec<ImageInput
             }
         });
     }
-    // Objects are read concurrently; the order of the lines is kept.
-    futures::stream::iter(records)
-        .map(|record| async move {
-            match record {
-                Record::Uri(uri) => uris.read(&uri).await,
-                Record::Inline(image) => Ok(image),
+    // Every URI is checked before the first object is read; the order of the lines is kept.
+    uris.check_count(
+        records
+            .iter()
+            .filter(|r| matches!(r, Record::Uri(_)))
+            .count(),
+    )?;
+    let reads = records
+        .into_iter()
+        .map(|record| match record {
+            Record::Uri(uri) => uris
+                .locate(&uri)
+                .map(|located| Either::Left((uri, located))),
+            Record::Inline(image) => Ok(Either::Right(image)),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let budget = uris.budget();
+    futures::stream::iter(reads)
+        .map(|read| {
+            let budget = &budget;
+            async move {
+                match read {
+                    Either::Left((uri, (store, key))) => {
+                        uris.read_located(uri, &store, &key, budget).await
+                    }
+                    Either::Right(image) => Ok(image),
+                }
             }
         })
         .buffered(CONCURRENT_READS)
@@ -288,22 +311,68 @@ async fn read_json_lines(body: &[u8], uris: &UriReader) -> Result<Vec<ImageInput
         .await
 }
 
+/// What a request may make the server read through URIs.
+#[derive(Debug, Clone)]
+pub struct UriPolicy {
+    /// URL prefixes outside the bucket that URIs may name (`--allow-uri-prefix`); the bucket
+    /// itself is always allowed.
+    pub allowed_prefixes: Vec<StoreUrl>,
+    /// Bytes all the objects of one request may hold together (the body's limit).
+    pub max_bytes: usize,
+    /// Objects one request may name (the server's queue: more could never be classified).
+    pub max_objects: usize,
+}
+
+impl UriPolicy {
+    /// Parses `--allow-uri-prefix` values: object-store URLs (`s3://bucket/prefix/`).
+    pub fn new(
+        allowed_prefixes: &[String],
+        max_bytes: usize,
+        max_objects: usize,
+    ) -> Result<Self, String> {
+        let allowed_prefixes = allowed_prefixes
+            .iter()
+            .map(|text| match parse_store_url(text) {
+                Ok(url @ (StoreUrl::S3 { .. } | StoreUrl::Gcs { .. } | StoreUrl::Azure { .. })) => {
+                    Ok(url)
+                }
+                Ok(_) => Err(format!(
+                    "--allow-uri-prefix {text}: give an s3://, gs:// or az:// URL"
+                )),
+                Err(e) => Err(format!("--allow-uri-prefix {text}: {e}")),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            allowed_prefixes,
+            max_bytes,
+            max_objects,
+        })
+    }
+}
+
 /// Reads objects named by URIs: keys relative to the server's bucket, or `s3://`, `gs://` and
-/// `az://` URLs. Local paths outside the bucket are refused, so a client cannot make the
-/// server read its own files; keys cannot leave the bucket through `..` or symlinks.
+/// `az://` URLs inside the bucket or an allowed prefix. Everything else is refused before any
+/// request leaves the server: its credentials must not become the caller's (a confused
+/// deputy). Local paths outside the bucket are refused, so a client cannot make the server
+/// read its own files; keys cannot leave the bucket through `..` or symlinks.
 pub struct UriReader {
     bucket: Store,
     options: StoreOptions,
+    policy: UriPolicy,
     /// Stores opened so far, by bucket URL: building an S3 client per request would cost a
     /// new connection pool each time.
     stores: Mutex<HashMap<String, Store>>,
 }
+
+/// The bytes one request's objects may still take; shared by its concurrent reads.
+struct ReadBudget(AtomicUsize);
 
 impl UriReader {
     /// Opens the bucket; a local folder is created when missing.
     pub fn open(
         bucket: &str,
         options: &StoreOptions,
+        policy: UriPolicy,
     ) -> Result<Self, bestiary_storage::StorageError> {
         let url = parse_store_url(bucket)?;
         if let StoreUrl::Local { root } = &url {
@@ -318,6 +387,7 @@ impl UriReader {
         Ok(Self {
             bucket: Store::open_url(url, options)?,
             options: options.clone(),
+            policy,
             stores: Mutex::new(HashMap::new()),
         })
     }
@@ -326,21 +396,69 @@ impl UriReader {
         &self.bucket
     }
 
+    /// Every object of `uris`, in order; all of them are checked against the policy before
+    /// the first is read.
     pub async fn read_all(&self, uris: Vec<String>) -> Result<Vec<ImageInput>, ApiError> {
-        futures::stream::iter(uris)
-            .map(|uri| async move { self.read(&uri).await })
+        self.check_count(uris.len())?;
+        let located = uris
+            .into_iter()
+            .map(|uri| self.locate(&uri).map(|located| (uri, located)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let budget = self.budget();
+        futures::stream::iter(located)
+            .map(|(uri, (store, key))| {
+                let budget = &budget;
+                async move { self.read_located(uri, &store, &key, budget).await }
+            })
             .buffered(CONCURRENT_READS)
             .try_collect()
             .await
     }
 
-    pub async fn read(&self, uri: &str) -> Result<ImageInput, ApiError> {
-        let (store, key) = self.locate(uri)?;
-        let bytes = store.get(&key).await?;
-        Ok(ImageInput {
-            name: uri.to_string(),
-            bytes,
-        })
+    /// Refuses a request naming more objects than the server could ever queue.
+    fn check_count(&self, objects: usize) -> Result<(), ApiError> {
+        if objects > self.policy.max_objects {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "the request names {objects} objects; this server takes at most {} in one \
+                 request",
+                self.policy.max_objects
+            )));
+        }
+        Ok(())
+    }
+
+    fn budget(&self) -> ReadBudget {
+        ReadBudget(AtomicUsize::new(self.policy.max_bytes))
+    }
+
+    async fn read_located(
+        &self,
+        uri: String,
+        store: &Store,
+        key: &str,
+        budget: &ReadBudget,
+    ) -> Result<ImageInput, ApiError> {
+        let too_large = || {
+            ApiError::PayloadTooLarge(format!(
+                "the objects of one request hold more than {} bytes together ({uri} is where \
+                 the limit was reached)",
+                self.policy.max_bytes
+            ))
+        };
+        let remaining = budget.0.load(Ordering::Relaxed);
+        let bytes = match store.get_limited(key, remaining as u64).await {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind == StorageErrorKind::TooLarge => return Err(too_large()),
+            Err(error) => return Err(ApiError::object(&uri, error)),
+        };
+        // Concurrent reads share the budget: the last one to push it past zero fails.
+        budget
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(bytes.len())
+            })
+            .map_err(|_| too_large())?;
+        Ok(ImageInput { name: uri, bytes })
     }
 
     fn locate(&self, uri: &str) -> Result<(Store, String), ApiError> {
@@ -361,7 +479,21 @@ impl UriReader {
                 "{uri}: only s3://, gs:// and az:// URLs or keys relative to the bucket are read"
             )));
         }
-        let (root, key) = parse_store_url(uri)?.split_object();
+        let url = parse_store_url(uri)
+            .map_err(|_| ApiError::BadRequest(format!("{uri} is not a valid object URL")))?;
+        let allowed = self.bucket.url().contains(&url)
+            || self
+                .policy
+                .allowed_prefixes
+                .iter()
+                .any(|p| p.contains(&url));
+        if !allowed {
+            return Err(ApiError::UriNotAllowed(format!(
+                "{uri} is outside this server's bucket and its allowed URI prefixes \
+                 (--allow-uri-prefix)"
+            )));
+        }
+        let (root, key) = url.split_object();
         if key.is_empty() {
             return Err(ApiError::BadRequest(format!(
                 "{uri} names a bucket, not an object"
@@ -420,17 +552,23 @@ mod tests {
         ));
     }
 
+    fn uri_reader(bucket: &str, allowed: &[&str]) -> UriReader {
+        let allowed: Vec<String> = allowed.iter().map(|p| p.to_string()).collect();
+        let policy = UriPolicy::new(&allowed, 1024, 4).unwrap();
+        UriReader::open(bucket, &StoreOptions::default(), policy).unwrap()
+    }
+
     #[test]
     fn local_paths_outside_the_bucket_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let reader =
-            UriReader::open(dir.path().to_str().unwrap(), &StoreOptions::default()).unwrap();
+        let reader = uri_reader(dir.path().to_str().unwrap(), &["s3://bucket/"]);
         for uri in [
             "/etc/passwd",
             "file:///etc/passwd",
             "memory://x/y",
             "",
             "s3://bucket",
+            "s3://bucket/a/../../other/x.jpg",
         ] {
             assert!(
                 matches!(reader.locate(uri), Err(ApiError::BadRequest(_))),
@@ -439,6 +577,76 @@ mod tests {
         }
         assert!(reader.locate("photos/cat.jpg").is_ok());
         assert!(reader.locate("s3://bucket/cat.jpg").is_ok());
+    }
+
+    #[test]
+    fn urls_outside_the_bucket_and_the_allowed_prefixes_are_forbidden() {
+        let reader = uri_reader("s3://photos/served", &["s3://shared/incoming/", "gs://g/"]);
+        for uri in [
+            "s3://photos/served/cat.jpg",
+            "s3a://photos/served/a/b.jpg",
+            "s3://shared/incoming/x.jpg",
+            "gs://g/any/thing.png",
+            "relative/key.jpg",
+        ] {
+            assert!(reader.locate(uri).is_ok(), "{uri}");
+        }
+        for uri in [
+            "s3://photos/other/cat.jpg",
+            "s3://photos/served-private/cat.jpg",
+            "s3://shared/incoming-old/x.jpg",
+            "s3://secrets/key.pem",
+            "gs://other/x.jpg",
+            "az://g/x.jpg",
+        ] {
+            assert!(
+                matches!(reader.locate(uri), Err(ApiError::UriNotAllowed(_))),
+                "{uri}"
+            );
+        }
+        // A local bucket allows no remote URL unless a prefix says so.
+        let dir = tempfile::tempdir().unwrap();
+        let local = uri_reader(dir.path().to_str().unwrap(), &[]);
+        assert!(matches!(
+            local.locate("s3://photos/served/cat.jpg"),
+            Err(ApiError::UriNotAllowed(_))
+        ));
+    }
+
+    #[test]
+    fn allowed_prefixes_must_be_object_store_urls() {
+        for bad in ["/tmp/photos", "file:///tmp", "memory://m/x", "s3://"] {
+            assert!(UriPolicy::new(&[bad.to_string()], 1, 1).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_may_not_name_more_objects_or_bytes_than_its_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, size) in [("a.jpg", 600), ("b.jpg", 600), ("big.jpg", 2000)] {
+            std::fs::write(dir.path().join(name), vec![0u8; size]).unwrap();
+        }
+        let reader = uri_reader(dir.path().to_str().unwrap(), &[]);
+        let uris = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(reader.read_all(uris(&["a.jpg"])).await.unwrap().len(), 1);
+        for names in [
+            &["big.jpg"][..],
+            &["a.jpg", "b.jpg"],
+            &["a.jpg", "a.jpg", "a.jpg", "a.jpg", "a.jpg"],
+        ] {
+            assert!(
+                matches!(
+                    reader.read_all(uris(names)).await,
+                    Err(ApiError::PayloadTooLarge(_))
+                ),
+                "{names:?}"
+            );
+        }
+        // A missing object is named as the client gave it, never by its path on the server.
+        let missing = reader.read_all(uris(&["none.jpg"])).await.unwrap_err();
+        let text = missing.to_string();
+        assert!(text.contains("none.jpg"), "{text}");
+        assert!(!text.contains(dir.path().to_str().unwrap()), "{text}");
     }
 
     #[test]

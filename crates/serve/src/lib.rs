@@ -7,6 +7,7 @@ pub mod auth;
 pub mod batcher;
 pub mod classify;
 pub mod config;
+pub mod connections;
 pub mod console;
 pub mod emf;
 pub mod error;

@@ -68,8 +68,11 @@ pub fn render() -> String {
 /// Records one finished HTTP request.
 pub fn record_request(route: &str, status: u16, elapsed: Duration) {
     let route = route.to_string();
-    counter!(REQUESTS, "route" => route.clone(), "status" => status.to_string()).increment(1);
-    histogram!(REQUEST_DURATION, "route" => route).record(elapsed.as_secs_f64());
+    let status = status.to_string();
+    counter!(REQUESTS, "route" => route.clone(), "status" => status.clone()).increment(1);
+    // By status too: the latency of admitted requests must not hide among fast 429s.
+    histogram!(REQUEST_DURATION, "route" => route, "status" => status)
+        .record(elapsed.as_secs_f64());
 }
 
 /// Images admitted in this process and their integral over time, for [`IN_FLIGHT_IMAGE_SECONDS`].

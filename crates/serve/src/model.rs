@@ -17,6 +17,17 @@ use crate::error::ApiError;
 use crate::metrics::{MODEL_INFO, MODEL_RELOADS};
 
 /// A loaded model version with the pre-processing its input needs.
+/// The last reload that failed since the last good one: the serving version stayed in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ReloadFailure {
+    /// The version that could not be loaded (`latest` when its pointer could not be read).
+    pub version: String,
+    /// When it failed (RFC 3339, UTC).
+    pub failed_at: String,
+    /// What went wrong, in short; where the files are and the whole cause are in the log.
+    pub reason: String,
+}
+
 pub struct ServedModel {
     pub model: LoadedModel,
     pub preprocessor: Preprocessor,
@@ -144,6 +155,8 @@ pub struct ModelManager {
     pinned: std::sync::atomic::AtomicBool,
     /// `--keep-label-when-unknown`, applied to every version loaded.
     keep_label_when_unknown: bool,
+    /// Reported by `GET /v1/models` until a reload succeeds.
+    reload_failure: std::sync::Mutex<Option<ReloadFailure>>,
 }
 
 impl ModelManager {
@@ -157,6 +170,7 @@ impl ModelManager {
             reloading: tokio::sync::Mutex::new(()),
             pinned: std::sync::atomic::AtomicBool::new(false),
             keep_label_when_unknown: false,
+            reload_failure: std::sync::Mutex::new(None),
         }
     }
 
@@ -208,7 +222,7 @@ impl ModelManager {
             repository
                 .latest(&name)
                 .await
-                .map_err(|e| reload_failed(&e.to_string()))?
+                .map_err(|e| self.reload_failed(LATEST, "the latest pointer cannot be read", &e))?
                 .ok_or_else(|| ApiError::NotFound(format!("{name} has no latest version")))?
         } else {
             version.to_string()
@@ -225,14 +239,20 @@ impl ModelManager {
                     "model {name} has no version {version:?}"
                 )));
             }
-            Err(e) => return Err(reload_failed(&e.to_string())),
+            Err(e) => {
+                return Err(self.reload_failed(&version, "the versions cannot be listed", &e));
+            }
         }
         let previous = self.current().map(|m| m.version().to_string());
         let version_url = repository.store().url_of(&format!("{name}/{version}"));
-        let served = self.load_beside(&version_url).await?;
+        let served = self.load_beside(&version_url, &version).await?;
         let current = served.version().to_string();
         let swapped = previous.as_deref() != Some(current.as_str());
         self.swap_in(served);
+        *self
+            .reload_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         if follows_latest {
             let latest = repository.latest(&name).await.ok().flatten();
             self.pinned.store(
@@ -320,8 +340,10 @@ impl ModelManager {
         let latest = repository
             .latest(&name)
             .await
-            .map_err(|e| reload_failed(&e.to_string()))?
-            .ok_or_else(|| reload_failed(&format!("{name} has no latest version any more")))?;
+            .map_err(|e| self.reload_failed(LATEST, "the latest pointer cannot be read", &e))?
+            .ok_or_else(|| {
+                self.reload_failed(LATEST, "there is no latest version any more", &name)
+            })?;
         if previous.as_deref() == Some(latest.as_str()) {
             return Ok(ReloadOutcome {
                 current: latest,
@@ -330,9 +352,13 @@ impl ModelManager {
             });
         }
         let version_url = repository.store().url_of(&format!("{name}/{latest}"));
-        let served = self.load_beside(&version_url).await?;
+        let served = self.load_beside(&version_url, &latest).await?;
         let current = served.version().to_string();
         self.swap_in(served);
+        *self
+            .reload_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         counter!(MODEL_RELOADS, "outcome" => "swapped").increment(1);
         tracing::info!(
             model = %name,
@@ -348,14 +374,53 @@ impl ModelManager {
     }
 
     /// Loads and warms the version at `version_url` while the current one keeps serving; a
-    /// failure is counted and logged as a failed reload.
-    async fn load_beside(&self, version_url: &str) -> Result<Arc<ServedModel>, ApiError> {
+    /// failure is counted, logged and reported as a failed reload.
+    async fn load_beside(
+        &self,
+        version_url: &str,
+        version: &str,
+    ) -> Result<Arc<ServedModel>, ApiError> {
         let loaded = load_model(Some(version_url), &self.engine, &self.store)
             .await
-            .map_err(|e| reload_failed(&e.to_string()))?;
+            .map_err(|e| self.reload_failed(version, "its files cannot be loaded", &e))?;
         self.warm(loaded)
             .await
-            .map_err(|e| reload_failed(&e.to_string()))
+            .map_err(|e| self.reload_failed(version, "it fails its warm-up inference", &e))
+    }
+
+    /// The last failed reload since the last good one.
+    pub fn reload_failure(&self) -> Option<ReloadFailure> {
+        self.reload_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Counts, logs (with the whole cause) and records a failed reload of `version`; the
+    /// client's answer says what failed, not where the files are.
+    fn reload_failed(
+        &self,
+        version: &str,
+        reason: &str,
+        cause: &dyn std::fmt::Display,
+    ) -> ApiError {
+        counter!(MODEL_RELOADS, "outcome" => "failed").increment(1);
+        tracing::warn!(
+            version,
+            "model reload failed, still serving the previous version: {reason}: {cause}"
+        );
+        *self
+            .reload_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(ReloadFailure {
+            version: version.to_string(),
+            failed_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            reason: reason.to_string(),
+        });
+        ApiError::Internal(format!(
+            "model reload of version {version} failed: {reason}; the previous version keeps \
+             serving (details in the server log)"
+        ))
     }
 
     async fn warm(&self, model: LoadedModel) -> Result<Arc<ServedModel>, EngineError> {
@@ -379,10 +444,4 @@ impl ModelManager {
         gauge!(MODEL_INFO, "name" => served.name().to_string(), "version" => served.version().to_string(), "engine" => served.engine())
             .set(1.0);
     }
-}
-
-fn reload_failed(reason: &str) -> ApiError {
-    counter!(MODEL_RELOADS, "outcome" => "failed").increment(1);
-    tracing::warn!("model reload failed, still serving the previous version: {reason}");
-    ApiError::Internal(format!("model reload failed: {reason}"))
 }

@@ -1,7 +1,6 @@
 //! A running server: binding, loading the model, polling for new versions, signals, the EMF
 //! writer, and a graceful shutdown that drains in-flight requests.
 
-use std::future::IntoFuture;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::batcher::{BatchSettings, Batcher};
 use crate::config::ServeConfig;
 use crate::error::ApiError;
-use crate::input::UriReader;
+use crate::input::{UriPolicy, UriReader};
 use crate::model::{EngineSettings, ModelManager, ReloadOutcome, ServedModel};
 use crate::routes;
 use crate::state::{AppState, Shared};
@@ -67,7 +66,13 @@ impl Server {
             },
             usage.clone(),
         )?;
-        let uris = UriReader::open(&config.bucket, &config.store)?;
+        let policy = UriPolicy::new(
+            &config.allowed_uri_prefixes,
+            config.max_body_bytes,
+            config.max_queue,
+        )
+        .map_err(ServeError::Config)?;
+        let uris = UriReader::open(&config.bucket, &config.store, policy)?;
         let models = ModelManager::new(engine, config.store.clone(), config.decode_limits.clone())
             .keeping_labels_of_unknown(config.keep_label_when_unknown);
         let listener = tokio::net::TcpListener::bind(config.addr)
@@ -90,15 +95,13 @@ impl Server {
             uris,
             gallery: Default::default(),
         });
-        let (stop, mut stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
         let app = routes::router(state.clone());
-        let serving = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                })
-                .into_future(),
-        );
+        let limits = crate::connections::ConnectionLimits {
+            max_connections: state.config.max_connections,
+            header_read_timeout: state.config.header_read_timeout,
+        };
+        let serving = tokio::spawn(crate::connections::serve(listener, app, limits, stopped));
         let server = Self {
             state,
             addr,

@@ -17,6 +17,7 @@ use crate::metrics::ProcessStats;
 #[derive(Debug)]
 pub struct Usage {
     cost_per_vcpu_hour: f64,
+    vcpus: usize,
     started: Instant,
     /// Process CPU time when counting started: loading the first model is not charged to images.
     baseline: Mutex<Option<Duration>>,
@@ -110,8 +111,15 @@ pub struct UsageReport {
     pub cost_per_vcpu_hour_usd: f64,
     /// Estimated cost of classifying 1,000 images: CPU-seconds per image × 1,000 at that price.
     pub cost_per_1000_images_usd: f64,
-    /// Estimated cost of the CPU time used so far.
+    /// Estimated cost of the CPU time used so far: what classifying took, not the bill.
     pub estimated_cost_usd: f64,
+    /// vCPUs this server can use (the instance's, in a container its CPU limit).
+    pub vcpus: usize,
+    /// What the instance costs for the time served: vCPUs × uptime × the price. An always-on
+    /// server is billed this whether or not photos arrive.
+    pub instance_cost_usd: f64,
+    /// The share of that capacity the server used: CPU-seconds ÷ (vCPUs × uptime), 0–1.
+    pub capacity_used: f64,
     pub resident_memory_bytes: u64,
     /// Images classified per predicted label.
     pub images_by_label: BTreeMap<String, u64>,
@@ -122,6 +130,7 @@ impl Usage {
     pub fn new(cost_per_vcpu_hour: f64) -> Self {
         Self {
             cost_per_vcpu_hour,
+            vcpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             started: Instant::now(),
             baseline: Mutex::new(None),
             requests: AtomicU64::new(0),
@@ -227,8 +236,9 @@ impl Usage {
         } else {
             cpu_seconds / images as f64
         };
+        let uptime_seconds = self.started.elapsed().as_secs_f64();
         UsageReport {
-            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            uptime_seconds,
             requests: self.requests.load(Ordering::Relaxed),
             images_classified: images,
             batches,
@@ -244,6 +254,13 @@ impl Usage {
             cost_per_vcpu_hour_usd: self.cost_per_vcpu_hour,
             cost_per_1000_images_usd: cost.per_1000_images(cpu_seconds_per_image),
             estimated_cost_usd: cost.of_cpu_seconds(cpu_seconds),
+            vcpus: self.vcpus,
+            instance_cost_usd: cost.of_cpu_seconds(self.vcpus as f64 * uptime_seconds),
+            capacity_used: if uptime_seconds > 0.0 {
+                (cpu_seconds / (self.vcpus as f64 * uptime_seconds)).clamp(0.0, 1.0)
+            } else {
+                0.0
+            },
             resident_memory_bytes: stats.map_or(0, |s| s.resident_bytes),
             images_by_label: self
                 .by_label
@@ -274,6 +291,23 @@ mod tests {
         assert_eq!(report.images_by_label["cat"], 2);
         assert!((report.inference_seconds - 0.006).abs() < 1e-9);
         assert!(report.cpu_seconds >= 0.0 && report.resident_memory_bytes > 0);
+    }
+
+    #[test]
+    fn an_idle_server_still_costs_its_instance() {
+        let usage = Usage::new(3600.0);
+        usage.start_counting();
+        std::thread::sleep(Duration::from_millis(200));
+        let report = usage.report(0);
+        // Idle: almost no CPU used, yet the instance is billed for every vCPU all along.
+        let expected = report.vcpus as f64 * report.uptime_seconds;
+        assert!(
+            (report.instance_cost_usd - expected).abs() < 1e-6,
+            "{report:?}"
+        );
+        assert!(report.instance_cost_usd >= 0.2 * report.vcpus as f64);
+        // (The CPU share is the whole process's: other tests run in it, so only its range.)
+        assert!((0.0..=1.0).contains(&report.capacity_used), "{report:?}");
     }
 
     #[test]

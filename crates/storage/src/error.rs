@@ -21,12 +21,15 @@ pub enum StorageErrorKind {
     Precondition,
     /// The backend does not support this operation.
     NotSupported,
+    /// The object is larger than the reader accepts (checked before its body is read).
+    TooLarge,
     /// Anything else: network failures after retries, server errors, I/O errors.
     Other,
 }
 
 impl StorageErrorKind {
-    fn describe(self) -> &'static str {
+    /// What this kind of failure is, in a few words that reveal nothing about the store.
+    pub fn describe(self) -> &'static str {
         match self {
             Self::InvalidUrl => "invalid store URL",
             Self::InvalidKey => "invalid object key",
@@ -36,6 +39,7 @@ impl StorageErrorKind {
             Self::AlreadyExists => "object already exists",
             Self::Precondition => "precondition failed (object changed)",
             Self::NotSupported => "operation not supported by this store",
+            Self::TooLarge => "object larger than the limit",
             Self::Other => "storage error",
         }
     }
@@ -128,16 +132,25 @@ impl fmt::Display for StorageError {
             write!(f, ": {detail}")?;
         }
         if let Some(source) = &self.source {
-            write!(f, " ({source})")?;
+            // The backend's message, then the root cause when it adds something: object_store
+            // nests the same words several levels deep, and "Connection refused" is the one
+            // that matters.
+            let message = source.to_string();
+            let mut root: &dyn std::error::Error = source.as_ref();
+            while let Some(next) = root.source() {
+                root = next;
+            }
+            let root = root.to_string();
+            if root.is_empty() || message.contains(&root) {
+                write!(f, " ({message})")?;
+            } else {
+                write!(f, " ({message}: {root})")?;
+            }
         }
         Ok(())
     }
 }
 
-impl std::error::Error for StorageError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
-    }
-}
+/// The cause is part of the message (see `Display`) rather than a `source()`: error chains
+/// printed with `{:#}` would otherwise repeat object_store's nested messages several times.
+impl std::error::Error for StorageError {}

@@ -16,8 +16,8 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{
-    BackoffConfig, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-    RetryConfig,
+    BackoffConfig, ClientConfigKey, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
+    PutPayload, RetryConfig,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -36,6 +36,9 @@ pub struct StoreOptions {
     pub max_retries: usize,
     /// No retry starts after this long from the first attempt.
     pub retry_timeout: Duration,
+    /// How long one request may take, connection included, before it counts as failed (and is
+    /// retried): a server that accepts connections and stops answering cannot hang a job.
+    pub request_timeout: Duration,
     /// Explicit S3 access key and secret; normally `None`, so that the AWS environment and
     /// profile chain applies. Tests use it to reach their own server without touching the
     /// process environment.
@@ -48,6 +51,8 @@ impl Default for StoreOptions {
             s3_endpoint: None,
             max_retries: 5,
             retry_timeout: Duration::from_secs(60),
+            // object_store's own default; connecting has its 5 s within it.
+            request_timeout: Duration::from_secs(30),
             s3_credentials: None,
         }
     }
@@ -100,6 +105,9 @@ impl Store {
             max_retries: options.max_retries,
             retry_timeout: options.retry_timeout,
         };
+        // Set as a config key, which keeps the client options the builders read from the
+        // environment (with_client_options would replace them).
+        let timeout = format!("{}ms", options.request_timeout.as_millis().max(1));
         let shown = url.display();
         let build_error = |e: object_store::Error| {
             StorageError::from_object_store(e, &shown).with_detail("cannot configure the store")
@@ -113,7 +121,10 @@ impl Store {
                 (Arc::new(LocalFileSystem::new()), path, Some(root.clone()))
             }
             StoreUrl::S3 { bucket, prefix } => {
-                let builder = s3_builder(bucket, options).with_retry(retry);
+                let builder = s3_builder(bucket, options).with_retry(retry).with_config(
+                    object_store::aws::AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+                    &timeout,
+                );
                 (
                     Arc::new(builder.build().map_err(build_error)?),
                     Path::from(prefix.as_str()),
@@ -123,7 +134,11 @@ impl Store {
             StoreUrl::Gcs { bucket, prefix } => {
                 let builder = GoogleCloudStorageBuilder::from_env()
                     .with_bucket_name(bucket)
-                    .with_retry(retry);
+                    .with_retry(retry)
+                    .with_config(
+                        object_store::gcp::GoogleConfigKey::Client(ClientConfigKey::Timeout),
+                        &timeout,
+                    );
                 (
                     Arc::new(builder.build().map_err(build_error)?),
                     Path::from(prefix.as_str()),
@@ -133,7 +148,11 @@ impl Store {
             StoreUrl::Azure { container, prefix } => {
                 let builder = MicrosoftAzureBuilder::from_env()
                     .with_container_name(container)
-                    .with_retry(retry);
+                    .with_retry(retry)
+                    .with_config(
+                        object_store::azure::AzureConfigKey::Client(ClientConfigKey::Timeout),
+                        &timeout,
+                    );
                 (
                     Arc::new(builder.build().map_err(build_error)?),
                     Path::from(prefix.as_str()),
@@ -308,6 +327,35 @@ impl Store {
             .await
             .map_err(|e| self.error(key, e))?;
         result.bytes().await.map_err(|e| self.error(key, e))
+    }
+
+    /// The whole object when it holds at most `max_bytes`; a [`StorageErrorKind::TooLarge`]
+    /// error otherwise, decided from the object's size before its body is read, and enforced
+    /// while streaming too (a store may report one size and send more).
+    pub async fn get_limited(&self, key: &str, max_bytes: u64) -> Result<Bytes> {
+        let too_large = || {
+            StorageError::new(StorageErrorKind::TooLarge, self.url_of(key))
+                .with_detail(format!("more than {max_bytes} bytes"))
+        };
+        let location = self.location(key)?;
+        let result = self
+            .inner
+            .get(&location)
+            .await
+            .map_err(|e| self.error(key, e))?;
+        if result.meta.size > max_bytes {
+            return Err(too_large());
+        }
+        let mut body = Vec::with_capacity(result.meta.size as usize);
+        let mut chunks = result.into_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| self.error(key, e))?;
+            if (body.len() + chunk.len()) as u64 > max_bytes {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.into())
     }
 
     /// The bytes in `range` of the object (end exclusive).

@@ -86,6 +86,54 @@ impl StoreUrl {
         url
     }
 
+    /// Whether `other` names this URL or something below it: the same backend and bucket, and
+    /// a prefix that continues this one at a `/` boundary (`s3://b/in` holds `s3://b/in/x.jpg`,
+    /// not `s3://b/inbox/x.jpg`). Both are normalised by [`parse_store_url`], which refuses `..`.
+    pub fn contains(&self, other: &StoreUrl) -> bool {
+        fn below(outer: &str, inner: &str) -> bool {
+            outer.is_empty()
+                || inner == outer
+                || inner
+                    .strip_prefix(outer)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        }
+        match (self, other) {
+            (Self::Local { root }, Self::Local { root: inner }) => inner.starts_with(root),
+            (
+                Self::S3 { bucket, prefix },
+                Self::S3 {
+                    bucket: b,
+                    prefix: p,
+                },
+            )
+            | (
+                Self::Gcs { bucket, prefix },
+                Self::Gcs {
+                    bucket: b,
+                    prefix: p,
+                },
+            )
+            | (
+                Self::Memory {
+                    name: bucket,
+                    prefix,
+                },
+                Self::Memory { name: b, prefix: p },
+            )
+            | (
+                Self::Azure {
+                    container: bucket,
+                    prefix,
+                },
+                Self::Azure {
+                    container: b,
+                    prefix: p,
+                },
+            ) => bucket == b && below(prefix, p),
+            _ => false,
+        }
+    }
+
     /// Splits an object URL into the URL of its bucket root (or, locally, its folder) and the key.
     pub fn split_object(&self) -> (StoreUrl, String) {
         match self {
@@ -198,6 +246,22 @@ fn local(path: &Path) -> std::result::Result<StoreUrl, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn containment_follows_segments_buckets_and_schemes() {
+        let url = |text| parse_store_url(text).unwrap();
+        let incoming = url("s3://photos/incoming/");
+        assert!(incoming.contains(&url("s3://photos/incoming/cat.jpg")));
+        assert!(incoming.contains(&url("s3a://photos/incoming/a/b.jpg")));
+        assert!(incoming.contains(&url("s3://photos/incoming")));
+        assert!(!incoming.contains(&url("s3://photos/incoming2/cat.jpg")));
+        assert!(!incoming.contains(&url("s3://photos/cat.jpg")));
+        assert!(!incoming.contains(&url("s3://other/incoming/cat.jpg")));
+        assert!(!incoming.contains(&url("gs://photos/incoming/cat.jpg")));
+        assert!(url("s3://photos").contains(&url("s3://photos/any/key.jpg")));
+        assert!(!url("s3://photos").contains(&url("s3://photos-private/key.jpg")));
+        assert!(parse_store_url("s3://photos/incoming/../secret/x.jpg").is_err());
+    }
 
     #[test]
     fn parses_every_scheme() {

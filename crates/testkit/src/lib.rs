@@ -1,7 +1,9 @@
-//! Test helpers shared by every crate's tests: a real S3 server and generated photos.
+//! Test helpers shared by every crate's tests: a real S3 server, generated photos, and the
+//! shared data beside the project.
 
 pub mod photos;
 pub mod seaweedfs;
+pub mod shared;
 
 pub use seaweedfs::{S3Env, SeaweedFs, s3};
 

@@ -118,16 +118,7 @@ pub async fn upload_dir(dir: &Path, store: &Store) -> usize {
 }
 
 /// A folder of the read-only shared data (`../shared/data/<rel>` beside the project), or `None`
-/// with the reason printed, so that tests needing it skip visibly on machines without it.
+/// with the reason printed (see [`crate::shared::shared_path`]).
 pub fn shared_data(rel: &str) -> Option<PathBuf> {
-    let base = std::env::var_os("BESTIARY_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    let path = base.join("data").join(rel);
-    if path.exists() {
-        Some(path)
-    } else {
-        println!("SKIP: shared data {} not present", path.display());
-        None
-    }
+    crate::shared::shared_path(&format!("data/{rel}"))
 }

@@ -46,6 +46,7 @@ impl S3Env {
             s3_credentials: Some((self.access_key.clone(), self.secret_key.clone())),
             max_retries: 2,
             retry_timeout: Duration::from_secs(20),
+            ..StoreOptions::default()
         }
     }
 
@@ -116,6 +117,9 @@ pub fn s3() -> &'static S3Env {
 pub struct SeaweedFs {
     pub env: S3Env,
     child: Child,
+    /// How it was started, to start it again on the same ports and data (fault tests).
+    weed: PathBuf,
+    args: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -164,52 +168,47 @@ impl SeaweedFs {
         drop(listeners);
         let s3_port = ports[names.iter().position(|n| *n == "s3.port").expect("s3 port")];
 
-        let mut command = Command::new(&weed);
-        command
-            .arg("mini")
-            .arg(format!("-dir={}", dir.path().join("data").display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-            .args(
-                names
-                    .iter()
-                    .zip(&ports)
-                    .map(|(name, port)| format!("-{name}={port}")),
-            )
-            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
-            .args([
+        let mut args: Vec<String> = vec![
+            "mini".into(),
+            format!("-dir={}", dir.path().join("data").display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+        ];
+        args.extend(
+            names
+                .iter()
+                .zip(&ports)
+                .map(|(name, port)| format!("-{name}={port}")),
+        );
+        args.extend(
+            [
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
                 "-admin.ui=false",
                 "-webdav=false",
                 "-master.telemetry=false",
-            ])
-            .arg(format!(
-                "-s3.localSocket={}",
-                dir.path().join("s3.sock").display()
-            ))
-            .arg(format!(
-                "-filer.localSocket={}",
-                dir.path().join("filer.sock").display()
-            ))
-            .arg(format!("-s3.config={}", config.display()))
-            .arg(format!("-bucket={bucket}"))
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path().join("weed.log"))?)
-            .stderr(std::fs::File::create(dir.path().join("weed.err.log"))?);
-        // SAFETY: prctl is async-signal-safe and only sets this child's parent-death signal.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("start {}", weed.display()))?;
+            ]
+            .map(String::from),
+        );
+        args.push(format!(
+            "-s3.localSocket={}",
+            dir.path().join("s3.sock").display()
+        ));
+        args.push(format!(
+            "-filer.localSocket={}",
+            dir.path().join("filer.sock").display()
+        ));
+        args.push(format!("-s3.config={}", config.display()));
+        args.push(format!("-bucket={bucket}"));
+        let child = spawn_weed(&weed, &args, dir.path())?;
         let mut server = Self {
             env: S3Env {
                 endpoint: format!("http://127.0.0.1:{s3_port}"),
                 ..env
             },
             child,
+            weed,
+            args,
             _dir: dir,
         };
         server.wait_for_bucket(Duration::from_secs(60))?;
@@ -246,6 +245,47 @@ impl SeaweedFs {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Kills the server at once (SIGKILL), as a crash or a lost host would: its clients see
+    /// refused connections until [`SeaweedFs::restart`].
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the killed server again on the same ports with the same data, and waits until
+    /// its bucket answers.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.child = spawn_weed(&self.weed, &self.args, self._dir.path())?;
+        self.wait_for_bucket(Duration::from_secs(60))
+    }
+}
+
+/// Runs `weed` with `args`, logging into `dir`, killed when the spawning thread's process dies.
+fn spawn_weed(weed: &std::path::Path, args: &[String], dir: &std::path::Path) -> Result<Child> {
+    let log = |name: &str| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(name))
+    };
+    let mut command = Command::new(weed);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log("weed.log")?)
+        .stderr(log("weed.err.log")?);
+    // SAFETY: prctl is async-signal-safe and only sets this child's parent-death signal.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    command
+        .spawn()
+        .with_context(|| format!("start {}", weed.display()))
 }
 
 impl Drop for SeaweedFs {

@@ -243,6 +243,7 @@ pub async fn train_with(
             &run,
             &options,
             cache,
+            resume,
             observer.as_mut(),
         )
         .await;
@@ -757,13 +758,23 @@ fn training_loop(
             images_per_second: seen as f64 / train_seconds,
             seconds: seconds_before + started.elapsed().as_secs_f64(),
         };
-        // Without a validation set, the last epoch counts as the best.
-        let score = validation_accuracy.unwrap_or(epoch as f64);
-        let improved = state.best_accuracy.is_none_or(|best| score > best);
+        let improved = match validation_accuracy {
+            Some(accuracy) => state.best_accuracy.is_none_or(|best| accuracy > best),
+            // Without a validation set, the last epoch counts as the best.
+            None if validation_loader.samples().is_empty() => true,
+            None => {
+                return Err(TrainError::Invalid(format!(
+                    "none of the {} validation photos could be read in epoch {} (see the bad \
+                     files); the best epoch cannot be chosen",
+                    validation_loader.samples().len(),
+                    epoch + 1
+                )));
+            }
+        };
         let previous_best = state.best_epoch;
         if improved {
             state.best_epoch = Some(epoch);
-            state.best_accuracy = Some(score);
+            state.best_accuracy = validation_accuracy;
             epochs_without_improvement = 0;
         } else {
             epochs_without_improvement += 1;

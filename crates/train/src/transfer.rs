@@ -22,7 +22,7 @@ use crate::efficientnet::{CLASSES as IMAGENET_CLASSES, EfficientNetLite0, FEATUR
 use crate::imagenet_prior::ImagenetPrior;
 use crate::stored::StoredModel;
 use crate::trainer::{
-    EpochMetrics, Result, RunState, TrainError, TrainObserver, TrainOutcome, correct,
+    EpochMetrics, Result, Resume, RunState, TrainError, TrainObserver, TrainOutcome, correct,
     input_spec_for, store_version, training_device, weights_to_bytes,
 };
 
@@ -32,6 +32,9 @@ const IMPORTED_NAME: &str = "efficientnet-lite0";
 /// Name of the feature cache in the run folder.
 pub(crate) const FEATURE_CACHE: &str = "features.bin";
 const FEATURE_MAGIC: &[u8; 6] = b"BSTF1\n";
+/// How often a growing feature cache is saved while features are extracted: the work a kill
+/// can lose. Saving rewrites the whole cache (5 KiB a photo), so not after every batch.
+const CACHE_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The pretrained backbone a run starts from: an imported model version (by URL) or the
 /// reference safetensors file of `efficientnet_lite_pytorch`.
@@ -130,7 +133,8 @@ pub(crate) fn encode_cache(cache: &FeatureCache) -> Vec<u8> {
     bytes
 }
 
-/// Features of every sample (None for unreadable photos), computing only those not cached.
+/// Features of every sample (None for unreadable photos), computing only those not cached;
+/// with `checkpoint`, the cache is saved there as it grows (every [`CACHE_SAVE_INTERVAL`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn features(
     backbone: &EfficientNetLite0,
@@ -140,6 +144,7 @@ pub(crate) async fn features(
     cache: &mut FeatureCache,
     image_cache: Option<ImageCache>,
     bad_files: &mut Vec<SkippedFile>,
+    checkpoint: Option<&Store>,
 ) -> Result<Vec<Option<Vec<f32>>>> {
     let keys: Vec<Option<u128>> = samples.iter().map(|s| feature_key(dataset, s)).collect();
     let missing: Vec<usize> = (0..samples.len())
@@ -159,9 +164,11 @@ pub(crate) async fn features(
         );
         let backbone = backbone.clone();
         let worker = loader.clone();
-        let (batches, bad) = tokio::task::spawn_blocking(move || {
+        // Batches come back as they are computed, so the cache can be saved along the way: a
+        // run killed while extracting features resumes from the last save, not from scratch.
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(2);
+        let extraction = tokio::task::spawn_blocking(move || {
             let device = Device::flex();
-            let mut out = Vec::new();
             for batch in worker.epoch(0) {
                 let size = batch.image_size as usize;
                 let images = Tensor::<4>::from_data(
@@ -173,14 +180,14 @@ pub(crate) async fn features(
                     .into_data()
                     .try_to_vec()
                     .expect("features are f32");
-                out.push((batch.samples, values));
+                if sender.blocking_send((batch.samples, values)).is_err() {
+                    break;
+                }
             }
-            (out, worker.bad_files())
-        })
-        .await
-        .map_err(|e| TrainError::Invalid(format!("feature extraction failed: {e}")))?;
-        bad_files.extend(bad);
-        for (indices, values) in batches {
+            worker.bad_files()
+        });
+        let mut last_save = Instant::now();
+        while let Some((indices, values)) = receiver.recv().await {
             for (position, row) in indices.into_iter().zip(values.chunks_exact(FEATURES)) {
                 let sample_index = missing[position];
                 if let Some(key) = keys[sample_index] {
@@ -188,7 +195,17 @@ pub(crate) async fn features(
                 }
                 computed.insert(sample_index, row.to_vec());
             }
+            if let Some(run) = checkpoint
+                && last_save.elapsed() >= CACHE_SAVE_INTERVAL
+            {
+                run.put(FEATURE_CACHE, encode_cache(cache)).await?;
+                last_save = Instant::now();
+            }
         }
+        let bad = extraction
+            .await
+            .map_err(|e| TrainError::Invalid(format!("feature extraction failed: {e}")))?;
+        bad_files.extend(bad);
     }
     Ok((0..samples.len())
         .map(|i| {
@@ -287,12 +304,23 @@ pub async fn train_transfer(
     run: &Store,
     options: &StoreOptions,
     image_cache: Option<ImageCache>,
+    resume: Resume,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainOutcome> {
     let backbone = load_backbone(&config, repository, options).await?;
     let prior = imagenet_prior(&config, dataset, &backbone)?;
+    // The feature cache is this run's checkpoint: the backbone's pass over the photos is
+    // nearly all of the work, and the head trains from it in seconds, deterministically. It is
+    // keyed by each photo's URL, ETag and size, so reusing it without --resume cannot change a
+    // result either; --resume only insists that it is there.
     let mut cache = match run.get(FEATURE_CACHE).await {
         Ok(bytes) => decode_cache(&bytes),
+        Err(e) if e.is_not_found() && resume == Resume::Required => {
+            return Err(TrainError::Invalid(format!(
+                "--resume: there is no checkpoint (feature cache) in {} to continue from",
+                run.url()
+            )));
+        }
         Err(e) if e.is_not_found() => FeatureCache::new(),
         Err(e) => return Err(e.into()),
     };
@@ -305,6 +333,7 @@ pub async fn train_transfer(
         &mut cache,
         image_cache.clone(),
         &mut bad_files,
+        Some(run),
     )
     .await?;
     let validation_features = features(
@@ -315,6 +344,7 @@ pub async fn train_transfer(
         &mut cache,
         image_cache.clone(),
         &mut bad_files,
+        Some(run),
     )
     .await?;
     run.put(FEATURE_CACHE, encode_cache(&cache)).await?;
@@ -363,7 +393,7 @@ pub async fn train_transfer(
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(
             config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         ));
-        let (mut loss_sum, mut right) = (0.0f64, 0usize);
+        let (mut loss_sum, mut right, mut seen) = (0.0f64, 0usize, 0usize);
         let mut learning_rate = config.learning_rate;
         for (step, chunk) in order.chunks(config.batch_size.max(1)).enumerate() {
             learning_rate =
@@ -404,7 +434,12 @@ pub async fn train_transfer(
             right += correct(&logits, labels.iter().map(|&l| l as usize));
             let gradients = GradientsParams::from_grads(loss.backward(), &head);
             head = optimizer.step(learning_rate, head, gradients);
-            observer.batch_finished(loss_sum / n as f64, right as f64 / n as f64, 0.0);
+            seen += chunk.len();
+            observer.batch_finished(
+                loss_sum / seen as f64,
+                right as f64 / seen as f64,
+                seen as f64 / started.elapsed().as_secs_f64(),
+            );
         }
         let (validation_loss, validation_accuracy) = match &validation_input {
             Some(input) => {

@@ -42,9 +42,12 @@ pub async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitC
         max_queue: args.max_queue,
         max_concurrent_requests: args.max_concurrent_requests,
         max_body_bytes: args.max_body_mb.saturating_mul(1024 * 1024),
+        max_connections: args.max_connections,
+        header_read_timeout: seconds("--header-read-timeout", args.header_read_timeout)?,
         request_timeout: seconds("--request-timeout", args.request_timeout)?,
         shutdown_timeout: seconds("--shutdown-timeout", args.shutdown_timeout)?,
         api_keys,
+        open_admin: args.open_admin,
         cors_allow_origins: args.cors_allow_origin.clone(),
         model_poll_interval: if args.model_poll_interval == 0.0 {
             None
@@ -61,6 +64,7 @@ pub async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitC
             None
         },
         bucket: args.bucket.clone(),
+        allowed_uri_prefixes: args.allow_uri_prefix.clone(),
         store: global.store_options(),
         decode_limits: DecodeLimits {
             max_pixels: (args.max_megapixels * 1e6) as u64,

@@ -1,19 +1,15 @@
 //! `bestiary dataset audit` as a user runs it: JSON on stdout, the HTML page and `--out`'s
 //! `audit.json`/`audit.html`, then the table from the cache.
 
-use std::path::Path;
 use std::process::Command;
 
 use bestiary_testkit::photos::write_class_folders;
 
 #[test]
 fn audit_prints_json_writes_the_reports_and_flags_a_moved_photo() {
-    let reference = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/models/efficientnet_lite0/efficientnet_lite0.safetensors");
-    if !reference.exists() {
-        println!("SKIP: {} not present", reference.display());
+    let Some(reference) = bestiary_testkit::shared::reference_weights() else {
         return;
-    }
+    };
     let data = tempfile::tempdir().unwrap();
     write_class_folders(data.path(), &["amber", "blue", "green"], 10, (72, 72));
     // A blue photo filed under amber.

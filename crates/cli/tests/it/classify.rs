@@ -12,7 +12,7 @@ use bestiary_testkit::photos::{truncated_jpeg, upload_dir, write_class_folders};
 use bestiary_testkit::{S3Env, s3, unique_prefix};
 use futures::TryStreamExt;
 
-fn bestiary(env: &S3Env) -> Command {
+pub(crate) fn bestiary(env: &S3Env) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_bestiary"));
     command
         .env_remove("AWS_ENDPOINT_URL")
@@ -23,7 +23,7 @@ fn bestiary(env: &S3Env) -> Command {
     command
 }
 
-fn succeeded(output: Output) -> String {
+pub(crate) fn succeeded(output: Output) -> String {
     assert!(
         output.status.success(),
         "failed ({}): {}",
@@ -34,7 +34,7 @@ fn succeeded(output: Output) -> String {
 }
 
 /// Uploads `per_class` generated photos of three classes under `prefix/in`; returns how many.
-async fn upload_photos(env: &S3Env, prefix: &str, per_class: usize) -> usize {
+pub(crate) async fn upload_photos(env: &S3Env, prefix: &str, per_class: usize) -> usize {
     let dir = tempfile::tempdir().unwrap();
     write_class_folders(
         dir.path(),
@@ -46,7 +46,7 @@ async fn upload_photos(env: &S3Env, prefix: &str, per_class: usize) -> usize {
 }
 
 /// Completion markers under `out`, each with its number of results.
-async fn markers(out: &Store) -> Vec<u64> {
+pub(crate) async fn markers(out: &Store) -> Vec<u64> {
     let keys: Vec<String> = out
         .list("")
         .map_ok(|info| info.key)
@@ -64,11 +64,19 @@ async fn markers(out: &Store) -> Vec<u64> {
 }
 
 /// The merged results of `out`, through `classify --merge`.
-fn merged_keys(env: &S3Env, out: &str) -> (serde_json::Value, Vec<String>) {
+pub(crate) fn merged_keys(env: &S3Env, out: &str) -> (serde_json::Value, Vec<String>) {
+    merged_keys_with(bestiary(env), out)
+}
+
+/// The merged results of `out`, through `classify --merge` run by `command`.
+pub(crate) fn merged_keys_with(
+    mut command: Command,
+    out: &str,
+) -> (serde_json::Value, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("all.jsonl");
     let summary = succeeded(
-        bestiary(env)
+        command
             .args(["classify", "--merge", out, "--json", "--merge-to"])
             .arg(&target)
             .output()
@@ -160,7 +168,7 @@ async fn a_run_killed_halfway_and_rerun_yields_one_result_per_key() {
 }
 
 /// Reads `bestiary serve`'s stdout until it says it serves a model; returns its address.
-fn wait_until_serving(server: &mut Child) -> String {
+pub(crate) fn wait_until_serving(server: &mut Child) -> String {
     let stdout = server.stdout.take().unwrap();
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -7,4 +7,6 @@ mod audit;
 mod classify;
 mod cli;
 mod explain;
+mod failures;
+mod faults;
 mod int8;

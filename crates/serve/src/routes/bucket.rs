@@ -561,11 +561,11 @@ async fn evaluation_store(state: &AppState, name: &str, version: &str) -> Result
 /// A storage error about `key` that names it only as the client gave it (`not_found` when it is
 /// missing), never where it lives on the server; the detail goes to the log.
 fn hide_location(error: bestiary_storage::StorageError, key: &str, not_found: String) -> ApiError {
-    tracing::debug!("{key}: {error}");
     if error.is_not_found() {
+        tracing::debug!("{key}: {error}");
         ApiError::NotFound(not_found)
     } else {
-        ApiError::Storage(error)
+        ApiError::object(key, error)
     }
 }
 

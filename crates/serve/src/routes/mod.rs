@@ -27,7 +27,7 @@ use crate::state::AppState;
 
 /// Every route of the server with its layers.
 pub fn router(state: AppState) -> Router {
-    let keys = ApiKeys::new(&state.config.api_keys);
+    let keys = ApiKeys::new(&state.config.api_keys).open_admin(state.config.open_admin);
     // The routes that classify share the concurrency limit and the request timeout.
     let inference = Router::new()
         .route("/v1/classify", post(native::classify))

@@ -139,6 +139,9 @@ pub struct InputInfo {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ModelList {
     pub models: Vec<ModelInfo>,
+    /// The last reload that failed since the last good one (the listed version kept serving).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reload_failure: Option<crate::model::ReloadFailure>,
 }
 
 impl ModelInfo {
@@ -277,6 +280,7 @@ pub async fn list_models(State(state): State<AppState>) -> Result<Json<ModelList
     let model = state.model()?;
     Ok(Json(ModelList {
         models: vec![ModelInfo::of(&model)],
+        reload_failure: state.models.reload_failure(),
     }))
 }
 

@@ -130,6 +130,10 @@ fn classify_several_photos_top_k_and_uris_from_the_bucket() {
                 .await;
             reply.expect(status);
             assert_eq!(reply.json()["error_type"], error_type, "{uri}");
+            // Errors name the object as the client gave it, never the bucket's folder.
+            let error = reply.json()["error"].as_str().unwrap().to_string();
+            let folder = harness.bucket.path().to_str().unwrap();
+            assert!(!error.contains(folder), "{uri}: {error}");
         }
         harness.stop().await;
     });
@@ -149,7 +153,12 @@ fn classify_s3_uris_from_seaweedfs() {
             .put("photos/violet.png", photo_bytes(2, 106, ImageFormat::Png))
             .await
             .unwrap();
-        let mut harness = Harness::start(|config| config.store = s3.options()).await;
+        let allowed = s3.url(&format!("{prefix}/photos/"));
+        let mut harness = Harness::start(|config| {
+            config.store = s3.options();
+            config.allowed_uri_prefixes = vec![allowed];
+        })
+        .await;
         let uris = [
             s3.url(&format!("{prefix}/photos/teal.jpg")),
             s3.url(&format!("{prefix}/photos/violet.png")),
@@ -193,6 +202,32 @@ fn classify_s3_uris_from_seaweedfs() {
             .await;
         reply.expect(404);
         assert_eq!(reply.json()["error_type"], "object_not_found");
+        let error = reply.json()["error"].as_str().unwrap().to_string();
+        assert!(error.contains(&missing), "{error}");
+        assert!(!error.contains(&s3.endpoint), "{error}");
+
+        // The confused deputy: the server's credentials reach the whole SeaweedFS, yet objects
+        // outside the bucket and the allowed prefix are refused before any request is made
+        // (the object exists; a read would have found it).
+        store
+            .put("private/secret.jpg", photo_bytes(1, 108, ImageFormat::Jpeg))
+            .await
+            .unwrap();
+        for uri in [
+            s3.url(&format!("{prefix}/private/secret.jpg")),
+            s3.url(&format!("{prefix}/photos-old/teal.jpg")),
+            format!("s3://another-bucket/{prefix}/photos/teal.jpg"),
+        ] {
+            let body = json!({ "uris": [uris[0].clone(), uri.clone()] });
+            let reply = harness.post_json("/v1/classify", &body).await;
+            reply.expect(403);
+            assert_eq!(reply.json()["error_type"], "uri_not_allowed", "{uri}");
+            let lines = format!("{{\"source-ref\": \"{uri}\"}}\n");
+            let reply = harness
+                .post("/invocations", "application/jsonlines", lines)
+                .await;
+            reply.expect(403);
+        }
         harness.stop().await;
     });
 }
@@ -404,6 +439,43 @@ fn every_error_is_json_with_its_status() {
         let reply = harness.get("/v1/classify").await;
         reply.expect(405);
         assert_eq!(reply.json()["error_type"], "method_not_allowed");
+        harness.stop().await;
+    });
+}
+
+#[test]
+fn admin_routes_are_off_without_keys_and_a_wrong_key_looks_like_none() {
+    multi_thread().block_on(async {
+        let mut harness = Harness::start(|config| config.open_admin = false).await;
+        let reply = harness.post("/admin/reload", "application/json", "").await;
+        reply.expect(403);
+        assert_eq!(reply.json()["error_type"], "admin_closed");
+        let reply = harness
+            .post_json("/admin/models/animals/serve", &json!({"version": "latest"}))
+            .await;
+        reply.expect(403);
+        // The data routes stay open.
+        harness.get("/v1/models").await.expect(200);
+        harness.stop().await;
+
+        let mut harness = Harness::start(|config| config.api_keys = vec!["key".into()]).await;
+        let missing = harness.get("/v1/models").await;
+        let wrong = crate::common::Reply::read(
+            harness
+                .client
+                .get(harness.url("/v1/models"))
+                .header("authorization", "Bearer kex")
+                .send()
+                .await,
+        )
+        .await;
+        missing.expect(401);
+        wrong.expect(401);
+        assert_eq!(missing.json(), wrong.json());
+        assert_eq!(
+            missing.header("www-authenticate"),
+            wrong.header("www-authenticate")
+        );
         harness.stop().await;
     });
 }
@@ -697,8 +769,21 @@ fn concurrent_requests_are_batched_and_metrics_and_usage_count_them() {
         let price = usage["cost_per_vcpu_hour_usd"].as_f64().unwrap();
         assert!((cost - per_image * 1000.0 / 3600.0 * price).abs() < 1e-9);
         assert_eq!(usage["images_by_label"]["teal"], 3);
+        // The instance is billed for every vCPU all the time served.
+        let instance = usage["instance_cost_usd"].as_f64().unwrap();
+        let expected = usage["vcpus"].as_f64().unwrap() * usage["uptime_seconds"].as_f64().unwrap()
+            / 3600.0
+            * price;
+        assert!(
+            (instance - expected).abs() <= expected * 0.05 + 1e-12,
+            "{usage}"
+        );
+        assert!((0.0..=1.0).contains(&usage["capacity_used"].as_f64().unwrap()));
         insta::assert_json_snapshot!("v1_usage", usage, {
             ".uptime_seconds" => "[figure]",
+            ".vcpus" => "[figure]",
+            ".instance_cost_usd" => "[figure]",
+            ".capacity_used" => "[figure]",
             ".cpu_seconds" => "[figure]",
             ".cpu_seconds_per_image" => "[figure]",
             ".cost_per_1000_images_usd" => "[figure]",

@@ -174,3 +174,114 @@ fn a_pinned_version_is_never_swapped() {
         harness.stop().await;
     });
 }
+
+#[test]
+fn a_corrupt_new_version_is_refused_and_the_old_one_keeps_serving() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut harness = Harness::start(|config| {
+            config.model_poll_interval = Some(Duration::from_millis(100));
+        })
+        .await;
+        let old = harness.version.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = {
+            let (http, url, stop) = (
+                harness.client.clone(),
+                harness.url("/v1/classify"),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let reply = crate::common::Reply::read(
+                        http.post(&url)
+                            .header("content-type", "image/jpeg")
+                            .body(photo_bytes(1, 3000 + i, ImageFormat::Jpeg))
+                            .send()
+                            .await,
+                    )
+                    .await;
+                    answers.push((reply.status, reply.text()));
+                    i += 1;
+                }
+                answers
+            })
+        };
+        // A new version whose graph is garbage and one whose model.json is hostile (a
+        // billion-pixel input), each made `latest` while the client keeps classifying.
+        for corrupt in ["model.onnx", "model.json"] {
+            let version = harness.models.commit().await;
+            let folder = harness.models.root.path().join("animals").join(&version);
+            let garbage = if corrupt == "model.onnx" {
+                b"\x08\x07garbage, not a protobuf of a graph".to_vec()
+            } else {
+                let text = std::fs::read(folder.join("model.json")).unwrap();
+                let mut json: serde_json::Value = serde_json::from_slice(&text).unwrap();
+                json["input"]["image_size"] = serde_json::json!(4_000_000_000u32);
+                serde_json::to_vec(&json).unwrap()
+            };
+            std::fs::write(folder.join(corrupt), garbage).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let failure = loop {
+                let models = harness.get("/v1/models").await;
+                models.expect(200);
+                let json = models.json();
+                assert_eq!(json["models"][0]["version"], old.as_str());
+                if json["reload_failure"]["version"] == version.as_str() {
+                    break json["reload_failure"].clone();
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no reload failure reported: {json}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let reason = failure["reason"].as_str().unwrap();
+            assert!(!reason.contains(harness.models.root.path().to_str().unwrap()));
+            // Asked for directly, the reload answers 500 without the server's paths.
+            let reply = harness
+                .client
+                .post(harness.url("/admin/reload"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(reply.status(), 500);
+            let body = reply.text().await.unwrap();
+            assert!(body.contains(&version), "{body}");
+            assert!(
+                !body.contains(harness.models.root.path().to_str().unwrap()),
+                "{body}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::Relaxed);
+        let answers = client.await.unwrap();
+        assert!(answers.len() > 5, "{} requests", answers.len());
+        for (status, text) in &answers {
+            assert_eq!(*status, 200, "{text}");
+            assert!(text.contains(&old), "{text}");
+        }
+        // A good version afterwards is swapped in and the failure is cleared.
+        let good = harness.models.commit().await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let json = harness.get("/v1/models").await.json();
+            if json["models"][0]["version"] == good.as_str() {
+                assert!(json.get("reload_failure").is_none(), "{json}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the good version was not swapped in"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        harness.stop().await;
+    });
+}

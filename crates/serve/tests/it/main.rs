@@ -14,3 +14,4 @@ mod explain;
 mod hot_swap;
 mod oip;
 mod shutdown;
+mod slow_clients;

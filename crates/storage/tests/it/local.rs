@@ -91,3 +91,15 @@ async fn memory_stores_are_shared_by_name() {
         Store::open_object("memory://shared-test/p/k", &StoreOptions::default()).unwrap();
     assert_eq!(store.get(&key).await.unwrap().as_ref(), b"v");
 }
+
+#[tokio::test]
+async fn limited_reads_refuse_objects_over_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = local(dir.path());
+    store.put("ten.bin", vec![7u8; 10]).await.unwrap();
+    assert_eq!(store.get_limited("ten.bin", 10).await.unwrap().len(), 10);
+    let error = store.get_limited("ten.bin", 9).await.unwrap_err();
+    assert_eq!(error.kind, StorageErrorKind::TooLarge);
+    let missing = store.get_limited("none.bin", 9).await.unwrap_err();
+    assert_eq!(missing.kind, StorageErrorKind::NotFound);
+}

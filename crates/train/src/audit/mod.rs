@@ -333,6 +333,7 @@ pub async fn gather(
             &mut feature_cache,
             image_cache,
             &mut bad_files,
+            None,
         )
         .await?;
         for (&i, row) in readable.iter().zip(computed) {

@@ -16,14 +16,7 @@ use rand_chacha::ChaCha8Rng;
 
 /// The reference EfficientNet-Lite0 weights, as the transfer tests find them.
 fn reference_weights() -> Option<PathBuf> {
-    let reference = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/models/efficientnet_lite0/efficientnet_lite0.safetensors");
-    if reference.exists() {
-        Some(reference)
-    } else {
-        println!("SKIP: {} not present", reference.display());
-        None
-    }
+    bestiary_testkit::shared::reference_weights()
 }
 
 /// Source photos by class: up to `per_class` animals10 photos of each class when the shared

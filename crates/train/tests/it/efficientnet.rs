@@ -15,20 +15,10 @@ const TOLERANCE: f32 = 1e-3;
 /// The reference model folder (`../shared/models/efficientnet_lite0` beside the project), or
 /// `None` with the reason printed, so that the tests skip visibly where it is absent.
 fn reference_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("BESTIARY_SHARED_DIR")
+    bestiary_testkit::shared::shared_path("models/efficientnet_lite0/efficientnet_lite0.onnx")?;
+    bestiary_testkit::shared::reference_weights()?
+        .parent()
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
-        });
-    let path = base.join("models/efficientnet_lite0");
-    if path.join("efficientnet_lite0.safetensors").exists()
-        && path.join("efficientnet_lite0.onnx").exists()
-    {
-        Some(path)
-    } else {
-        println!("SKIP: reference model {} not present", path.display());
-        None
-    }
 }
 
 /// Seeded uniform −1..1 input `[BATCH, 3, 224, 224]`, the range of `(pixel − 127) / 128`.

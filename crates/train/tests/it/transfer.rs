@@ -10,12 +10,9 @@ use bestiary_train::{ArchitectureConfig, Silent, train};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_head_on_the_pretrained_backbone_learns_and_is_stored_whole() {
-    let reference = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/models/efficientnet_lite0/efficientnet_lite0.safetensors");
-    if !reference.exists() {
-        println!("SKIP: {} not present", reference.display());
+    let Some(reference) = bestiary_testkit::shared::reference_weights() else {
         return;
-    }
+    };
     let data = tempfile::tempdir().unwrap();
     write_class_folders(data.path(), &["amber", "blue", "green"], 10, (48, 48));
     let dataset = Dataset::open(

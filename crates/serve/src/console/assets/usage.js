@@ -16,7 +16,9 @@ const STATS = [
   ['images-classified', 'Images classified', (u) => u.images_classified, (v) => num(v)],
   ['cpu-per-image', 'CPU-seconds per image', (u) => u.cpu_seconds_per_image, (v) => num(v, 4)],
   ['cost-per-1000', 'Cost per 1,000 images', (u) => u.cost_per_1000_images_usd, (v) => `$${num(v, 4)}`],
-  ['cost', 'Estimated cost so far', (u) => u.estimated_cost_usd, (v) => `$${num(v, 4)}`],
+  ['cost', 'CPU cost so far', (u) => u.estimated_cost_usd, (v) => `$${num(v, 4)}`],
+  ['instance-cost', 'Instance cost so far', (u) => u.instance_cost_usd, (v) => `$${num(v, 4)}`],
+  ['capacity-used', 'Capacity used', (u) => u.capacity_used, (v) => `${num(100 * v, 1)}%`],
   ['memory', 'Memory (resident)', (u) => u.resident_memory_bytes, (v) => `${num(v / 2 ** 20, 1)} MiB`],
 ];
 
