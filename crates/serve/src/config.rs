@@ -8,6 +8,8 @@ use bestiary_storage::StoreOptions;
 
 /// Public on-demand price of an ml.m5.xlarge real-time inference instance in us-east-1
 /// (USD 0.23 per hour for 4 vCPUs), per vCPU-hour: the default of `--cost-per-vcpu-hour`.
+/// Source: the Amazon SageMaker AI pricing page (on-demand, real-time inference), as recorded
+/// in November 2026 and not re-checked since; prices change, so users pass their own.
 pub const DEFAULT_COST_PER_VCPU_HOUR: f64 = 0.23 / 4.0;
 
 /// How a server runs. `Default` gives the documented defaults of `bestiary serve`.

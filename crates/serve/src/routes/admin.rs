@@ -20,6 +20,7 @@ use crate::state::AppState;
     responses(
         (status = 200, description = "What the reload did", body = ReloadOutcome),
         (status = 401, body = ErrorResponse),
+        (status = 403, description = "Off: the server has no API key and no --open-admin", body = ErrorResponse),
         (status = 500, description = "The new version could not be loaded; the old one still serves", body = ErrorResponse),
         (status = 503, body = ErrorResponse),
     ),

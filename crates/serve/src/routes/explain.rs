@@ -125,11 +125,14 @@ impl ExplainResponse {
         (status = 400, description = "Malformed request, several photos, or a label the model does not have (the message lists its classes)", body = ErrorResponse),
         (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
         (status = 409, description = "The model has no class-activation output: re-export it", body = ErrorResponse),
+        (status = 403, description = "A URI outside the bucket and --allow-uri-prefix", body = ErrorResponse),
+        (status = 404, description = "A URI names no object", body = ErrorResponse),
         (status = 413, description = "Body too large", body = ErrorResponse),
         (status = 415, description = "Unsupported content type", body = ErrorResponse),
         (status = 422, description = "The photo could not be decoded", body = ErrorResponse),
         (status = 429, description = "Overloaded; see Retry-After", body = ErrorResponse),
         (status = 503, description = "No model loaded yet, shutting down, or timed out", body = ErrorResponse),
+        (status = 502, description = "The bucket could not be read", body = ErrorResponse),
     ),
     security((), ("api_key" = []))
 )]

@@ -243,11 +243,14 @@ pub fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> 
         (status = 200, description = "One prediction per image", body = ClassifyResponse),
         (status = 400, description = "Malformed request", body = ErrorResponse),
         (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
+        (status = 403, description = "A URI outside the bucket and --allow-uri-prefix", body = ErrorResponse),
+        (status = 404, description = "A URI names no object", body = ErrorResponse),
         (status = 413, description = "Body too large", body = ErrorResponse),
         (status = 415, description = "Unsupported content type", body = ErrorResponse),
         (status = 422, description = "An image could not be decoded", body = ErrorResponse),
         (status = 429, description = "Overloaded; see Retry-After", body = ErrorResponse),
         (status = 503, description = "No model loaded yet, shutting down, or timed out", body = ErrorResponse),
+        (status = 502, description = "The bucket could not be read", body = ErrorResponse),
     ),
     security((), ("api_key" = []))
 )]

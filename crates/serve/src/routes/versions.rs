@@ -204,6 +204,7 @@ async fn optional_file(
     responses(
         (status = 200, body = VersionDetail),
         (status = 401, body = ErrorResponse),
+        (status = 403, description = "Off: the server has no API key and no --open-admin", body = ErrorResponse),
         (status = 404, description = "No such model or version", body = ErrorResponse),
         (status = 503, description = "No model loaded yet", body = ErrorResponse),
     ),
@@ -336,6 +337,7 @@ pub async fn report(
         (status = 200, description = "What the swap did", body = ReloadOutcome),
         (status = 400, body = ErrorResponse),
         (status = 401, body = ErrorResponse),
+        (status = 403, description = "Off: the server has no API key and no --open-admin", body = ErrorResponse),
         (status = 404, description = "No such model or version", body = ErrorResponse),
         (status = 500, description = "The version could not be loaded; the old one still serves", body = ErrorResponse),
     ),
