@@ -2,10 +2,12 @@
 each format, so libFuzzer starts from the shapes real requests have instead of from nothing.
 Deterministic; rerun after changing a format:  .tools/venv/bin/python fuzz/seeds/generate.py"""
 
+import base64
 import io
 import json
 import os
 import shutil
+import struct
 
 from PIL import Image
 
@@ -74,10 +76,65 @@ def model_json():
             break
 
 
+def oip_requests():
+    # Each seed: the Inference-Header-Content-Length value on the first line (empty: none), then
+    # the body. Binary ones as tritonclient sends them: JSON without spaces, then the tensors.
+    def binary(request, tensors):
+        header = json.dumps(request, separators=(",", ":")).encode()
+        return str(len(header)).encode() + b"\n" + header + b"".join(tensors)
+
+    fp32 = struct.pack("<12f", *[(i - 6) / 4 for i in range(12)])
+    write("oip_request", "binary-fp32.bin", binary(
+        {"inputs": [{"name": "input", "shape": [1, 3, 2, 2], "datatype": "FP32",
+                     "parameters": {"binary_data_size": len(fp32)}}],
+         "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}},
+                     {"name": "label", "parameters": {"binary_data": True}}]}, [fp32]))
+    images = [photo("PNG", size=(2, 2)), b"aGk="]
+    elements = b"".join(struct.pack("<I", len(e)) + e for e in images)
+    write("oip_request", "binary-bytes.bin", binary(
+        {"id": "7", "inputs": [{"name": "image", "shape": [2], "datatype": "BYTES",
+                                "parameters": {"binary_data_size": len(elements)}}],
+         "parameters": {"binary_data_output": True},
+         "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}]},
+        [elements]))
+    write("oip_request", "json-fp32.json", "\n" + json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 3, 1, 2], "datatype": "FP32",
+                     "data": [[[[0.5, -1.25]], [[2, 0]], [[1e-3, 3.5]]]]}]}))
+    write("oip_request", "json-bytes.json", "\n" + json.dumps(
+        {"id": "r", "inputs": [{"name": "image", "shape": [2], "datatype": "BYTES",
+                                "data": [base64.b64encode(images[0]).decode(), "aGk="]}],
+         "outputs": [{"name": "label"}]}))
+
+
+def json_lines():
+    lines = [{"source-ref": "s3://b/photos/cat/1.jpg"}, {"uri": "photos/dog/2.jpg"},
+             {"b64": base64.b64encode(photo("PNG", size=(2, 2))).decode()}]
+    write("json_lines", "records.jsonl", "\n".join(json.dumps(line) for line in lines) + "\n")
+    write("json_lines", "crlf.jsonl", "{\"b64\": \"aGk=\"}\r\n\r\n{\"source-ref\": \"a.jpg\"}\r\n")
+
+
+def multipart():
+    # The first line is the Content-Type; the fuzz target also parses the whole input with the
+    # same boundary, the line then being the preamble.
+    boundary = "bestiary-fuzz-boundary"
+    body = f"multipart/form-data; boundary={boundary}\n".encode()
+    parts = [(b'name="image"; filename="a.png"', "image/png", photo("PNG", size=(3, 2))),
+             (b'name="b"', "image/jpeg", photo("JPEG", size=(2, 3), quality=50))]
+    for disposition, content_type, data in parts:
+        body += (b"--" + boundary.encode() + b"\r\nContent-Disposition: form-data; " + disposition
+                 + b"\r\nContent-Type: " + content_type.encode() + b"\r\n\r\n" + data + b"\r\n")
+    body += b"--" + boundary.encode() + b"--\r\n"
+    write("multipart", "two-photos.bin", body)
+
+
 if __name__ == "__main__":
-    for target in ("photo", "manifest", "store_url", "model_json"):
+    for target in ("photo", "manifest", "store_url", "model_json", "oip_request", "json_lines",
+                   "multipart"):
         shutil.rmtree(os.path.join(SEEDS, target), ignore_errors=True)
     photos()
     manifests()
     store_urls()
     model_json()
+    oip_requests()
+    json_lines()
+    multipart()

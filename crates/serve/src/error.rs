@@ -5,6 +5,7 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bestiary_engine::EngineError;
+use bestiary_protocol::ProtocolError;
 use bestiary_storage::{StorageError, StorageErrorKind};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -151,6 +152,17 @@ impl ApiError {
         Self::Overloaded {
             message: message.into(),
             retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The protocol parsers' refusals (`bestiary-protocol`): the only place they become API errors.
+impl From<ProtocolError> for ApiError {
+    fn from(error: ProtocolError) -> Self {
+        match error {
+            ProtocolError::BadRequest(message) => Self::BadRequest(message),
+            ProtocolError::TooLarge(message) => Self::PayloadTooLarge(message),
+            ProtocolError::Encode(message) => Self::Internal(message),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Request bodies to photos: one raw image, several in `multipart/form-data`, object URIs in
 //! JSON (read from the bucket or any `s3://`, `gs://`, `az://` URL), or JSON Lines records.
+//! The multipart and JSON Lines formats are parsed by `bestiary-protocol`; reading the objects
+//! they name is done here.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -7,9 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{FromRequest, Multipart, Request};
+use axum::extract::Request;
 use axum::http::{HeaderMap, header};
-use base64::Engine as _;
+use bestiary_protocol::json_lines::{Record, parse_json_lines};
+use bestiary_protocol::multipart::{self, Part};
 use bestiary_storage::{StorageErrorKind, Store, StoreOptions, StoreUrl, parse_store_url};
 use bytes::{Bytes, BytesMut};
 use futures::future::Either;
@@ -22,16 +25,7 @@ use crate::error::ApiError;
 /// Objects read at once for one request's URIs.
 const CONCURRENT_READS: usize = 16;
 
-/// Content types taken as one raw photo. The format itself is recognised from the bytes.
-pub const IMAGE_TYPES: [&str; 7] = [
-    "image/jpeg",
-    "image/png",
-    "image/webp",
-    "image/gif",
-    "image/bmp",
-    "application/x-image",
-    "application/octet-stream",
-];
+pub use bestiary_protocol::multipart::IMAGE_TYPES;
 
 const JSON_LINES_TYPES: [&str; 4] = [
     "application/jsonlines",
@@ -68,15 +62,6 @@ pub struct UriRequest {
     /// Object URLs (`s3://bucket/key`, `gs://…`, `az://…`) or keys relative to the server's
     /// bucket (`--bucket`).
     pub uris: Vec<String>,
-}
-
-/// One JSON Lines record: a reference to an object, or the photo itself in base64.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonLine {
-    #[serde(rename = "source-ref", alias = "uri")]
-    source_ref: Option<String>,
-    b64: Option<String>,
 }
 
 /// The media type without parameters, lower-cased.
@@ -191,9 +176,20 @@ pub async fn read_images(
             }]
         }
         BodyKind::Multipart => {
-            let (parts, body) = request.into_parts();
-            let bytes = read_body(body, limit).await?;
-            read_multipart(Request::from_parts(parts, Body::from(bytes))).await?
+            let content_type = request
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            // Read (and size-checked) first: answering before the body is read would reset
+            // the connection.
+            let bytes = read_body(request.into_body(), limit).await?;
+            let boundary = multipart::boundary(&content_type)?;
+            multipart::parse_multipart(bytes, &boundary)?
+                .into_iter()
+                .map(|Part { name, bytes }| ImageInput { name, bytes })
+                .collect()
         }
         BodyKind::Json => {
             let bytes = read_body(request.into_body(), limit).await?;
@@ -213,70 +209,9 @@ pub async fn read_images(
     Ok((kind, images))
 }
 
-/// The files of a multipart body already read (and size-checked) into memory.
-async fn read_multipart(request: Request) -> Result<Vec<ImageInput>, ApiError> {
-    let mut multipart = Multipart::from_request(request, &())
-        .await
-        .map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
-    let multipart_error = |e: axum::extract::multipart::MultipartError| {
-        ApiError::BadRequest(format!("invalid multipart body: {e}"))
-    };
-    let mut images = Vec::new();
-    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
-        let position = images.len();
-        let is_file = field.file_name().is_some()
-            || field
-                .content_type()
-                .is_some_and(|t| t.starts_with("image/") || IMAGE_TYPES.contains(&t));
-        let name = field
-            .file_name()
-            .or(field.name())
-            .map_or_else(|| format!("#{position}"), String::from);
-        if !is_file {
-            return Err(ApiError::BadRequest(format!(
-                "multipart field {name:?} is not a file: every part must be a photo"
-            )));
-        }
-        let bytes = field.bytes().await.map_err(multipart_error)?;
-        images.push(ImageInput { name, bytes });
-    }
-    Ok(images)
-}
-
+/// The photos of JSON Lines records: inline ones as they are, references read (in order).
 async fn read_json_lines(body: &[u8], uris: &UriReader) -> Result<Vec<ImageInput>, ApiError> {
-    let text = std::str::from_utf8(body)
-        .map_err(|_| ApiError::BadRequest("JSON Lines must be UTF-8".into()))?;
-    enum Record {
-        Uri(String),
-        Inline(ImageInput),
-    }
-    let mut records = Vec::new();
-    for (number, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad_line = |why: String| ApiError::BadRequest(format!("line {}: {why}", number + 1));
-        let record: JsonLine = serde_json::from_str(line).map_err(|e| {
-            bad_line(format!(
-                "expected {{\"source-ref\": \"s3://…\"}} or {{\"b64\": \"…\"}}: {e}"
-            ))
-        })?;
-        records.push(match (record.source_ref, record.b64) {
-            (Some(uri), None) => Record::Uri(uri),
-            (None, Some(data)) => Record::Inline(ImageInput {
-                name: format!("line {}", number + 1),
-                bytes: base64::engine::general_purpose::STANDARD
-                    .decode(data.trim())
-                    .map_err(|e| bad_line(format!("invalid base64: {e}")))?
-                    .into(),
-            }),
-            _ => {
-                return Err(bad_line(
-                    "give exactly one of source-ref, uri or b64".into(),
-                ));
-            }
-        });
-    }
+    let records = parse_json_lines(body)?;
     // Every URI is checked before the first object is read; the order of the lines is kept.
     uris.check_count(
         records
@@ -290,7 +225,7 @@ async fn read_json_lines(body: &[u8], uris: &UriReader) -> Result<Vec<ImageInput
             Record::Uri(uri) => uris
                 .locate(&uri)
                 .map(|located| Either::Left((uri, located))),
-            Record::Inline(image) => Ok(Either::Right(image)),
+            Record::Inline { name, bytes } => Ok(Either::Right(ImageInput { name, bytes })),
         })
         .collect::<Result<Vec<_>, _>>()?;
     let budget = uris.budget();

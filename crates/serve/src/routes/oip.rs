@@ -1,15 +1,19 @@
 //! The Open Inference Protocol v2 (KServe, Triton): health, server and model metadata, and
 //! `infer` with an FP32 tensor `[N, 3, H, W]` or BYTES photos, in JSON or with the binary
-//! tensor data extension ([`codec`]) that `tritonclient` uses by default.
-
-pub mod codec;
+//! tensor data extension ([`codec`]) that `tritonclient` uses by default. The request and
+//! response bodies and their codec are `bestiary-protocol`'s; the routes are here.
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::header;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+pub use bestiary_protocol::oip::codec;
+pub use bestiary_protocol::oip::{
+    InferInput, InferOutput, InferRequest, InferResponse, OutputData, Parameters, RequestedOutput,
+};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
@@ -19,9 +23,6 @@ use crate::input::{ImageInput, read_body};
 use crate::model::ServedModel;
 use crate::state::AppState;
 use codec::EncodedResponse;
-
-/// The `parameters` object of requests, inputs and outputs.
-pub type Parameters = serde_json::Map<String, Value>;
 
 /// Name of the FP32 tensor input, as listed in the model metadata.
 pub const TENSOR_INPUT: &str = "input";
@@ -83,83 +84,35 @@ pub struct ModelMetadataResponse {
     pub outputs: Vec<TensorMetadata>,
 }
 
-/// An inference request: one input, either `input` (FP32 `[N, 3, H, W]`, already normalised as
-/// the model's metadata says) or `image` (BYTES `[N]`, each element a photo: base64-encoded in
-/// JSON `data`, its own bytes in binary data).
-///
-/// With the binary tensor data extension, the `Inference-Header-Content-Length` header gives
-/// the length of this JSON at the start of the body, an input has
-/// `"parameters": {"binary_data_size": <bytes>}` instead of `data`, and the raw tensors follow
-/// the JSON in input order. `"parameters": {"binary_data_output": true}` (or `binary_data` on a
-/// requested output) returns outputs the same way.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct InferRequest {
-    pub id: Option<String>,
-    #[schema(value_type = Option<Object>)]
-    pub parameters: Option<Parameters>,
-    pub inputs: Vec<InferInput>,
-    pub outputs: Option<Vec<RequestedOutput>>,
-}
+/// An inference response on the wire: `application/json`, or `application/octet-stream` with
+/// the `Inference-Header-Content-Length` header when binary outputs follow the JSON.
+#[derive(Debug)]
+pub struct InferReply(pub EncodedResponse);
 
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct InferInput {
-    pub name: String,
-    pub shape: Vec<i64>,
-    pub datatype: String,
-    /// `binary_data_size`: bytes of the binary data after the JSON holding this tensor.
-    #[schema(value_type = Option<Object>)]
-    pub parameters: Option<Parameters>,
-    /// Row-major values, flat or nested; absent when the tensor comes as binary data.
-    #[schema(value_type = Option<Object>)]
-    pub data: Option<Value>,
-    /// The tensor's share of the binary data after the JSON, as [`codec::decode_request`]
-    /// found it.
-    #[serde(skip)]
-    pub binary: Option<Bytes>,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct RequestedOutput {
-    pub name: String,
-    /// `binary_data` (bool): return this output as binary data; `classification` (k) on
-    /// `probabilities`: the k most probable classes instead.
-    #[schema(value_type = Option<Object>)]
-    pub parameters: Option<Parameters>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct InferResponse {
-    pub model_name: String,
-    pub model_version: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    pub outputs: Vec<InferOutput>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct InferOutput {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub datatype: String,
-    /// `labels` of the probabilities' columns; `binary_data_size` when the output is binary.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub parameters: Option<Parameters>,
-    /// The values in JSON; absent when they follow the JSON as binary data.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<OutputData>,
-    /// The values in the binary layout, sent after the JSON.
-    #[serde(skip)]
-    pub binary: Option<Vec<u8>>,
-}
-
-/// The values of an output, row-major.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(untagged)]
-pub enum OutputData {
-    /// Kept as `f32` so that each probability prints in its shortest exact form.
-    Fp32(Vec<f32>),
-    Bytes(Vec<String>),
+impl IntoResponse for InferReply {
+    fn into_response(self) -> Response {
+        let EncodedResponse {
+            body,
+            header_length,
+        } = self.0;
+        let content_type = if header_length.is_some() {
+            "application/octet-stream"
+        } else {
+            "application/json"
+        };
+        let mut response = (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+            body,
+        )
+            .into_response();
+        if let Some(length) = header_length {
+            response
+                .headers_mut()
+                .insert(codec::HEADER_LENGTH, HeaderValue::from(length));
+        }
+        response
+    }
 }
 
 /// Server name, version and protocol extensions.
@@ -312,7 +265,7 @@ pub async fn infer(
     State(state): State<AppState>,
     Path(name): Path<String>,
     request: axum::extract::Request,
-) -> Result<EncodedResponse, ApiError> {
+) -> Result<InferReply, ApiError> {
     infer_with(state, &name, None, request).await
 }
 
@@ -327,7 +280,7 @@ pub async fn infer_version(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
     request: axum::extract::Request,
-) -> Result<EncodedResponse, ApiError> {
+) -> Result<InferReply, ApiError> {
     infer_with(state, &name, Some(&version), request).await
 }
 
@@ -336,7 +289,7 @@ async fn infer_with(
     name: &str,
     version: Option<&str>,
     request: axum::extract::Request,
-) -> Result<EncodedResponse, ApiError> {
+) -> Result<InferReply, ApiError> {
     let model = state.model_named(name, version)?;
     let headers = request.headers();
     let media_type = crate::input::media_type(headers);
@@ -424,12 +377,13 @@ async fn infer_with(
             )));
         }
     };
-    codec::encode_response(&InferResponse {
+    let response = codec::encode_response(&InferResponse {
         model_name: classification.model.name().to_string(),
         model_version: classification.model.version().to_string(),
         id: request.id,
         outputs: outputs(&classification, &wanted),
-    })
+    })?;
+    Ok(InferReply(response))
 }
 
 /// Refuses more images in one request than the server admits at once (`--max-queue`): such a

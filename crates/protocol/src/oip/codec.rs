@@ -11,15 +11,15 @@
 //!
 //! Nothing here allocates according to a size the client declared: every shape, length and
 //! count is first compared, with arithmetic that cannot overflow, with the bytes actually
-//! received (a mismatch is 400) and with the server's limits (beyond them 413).
+//! received (a mismatch is [`ProtocolError::BadRequest`], 400; a size no request could hold is
+//! [`ProtocolError::TooLarge`], 413). The server's own limits (images per request) are the
+//! server's to check.
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::Value;
 
 use super::{InferInput, InferOutput, InferRequest, InferResponse, OutputData, Parameters};
-use crate::error::ApiError;
+use crate::ProtocolError;
 
 /// The header that gives the length of the JSON part of a body with binary tensors.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -42,21 +42,24 @@ const LENGTH_PREFIX: usize = 4;
 /// body is the JSON request and no input may have `binary_data_size`.
 ///
 /// # Errors
-/// [`ApiError::BadRequest`] for a header length that is not a number or lies past the end of
+/// [`ProtocolError::BadRequest`] for a header length that is not a number or lies past the end of
 /// the body, invalid JSON, an input with both or neither of `data` and `binary_data_size`,
 /// binary sizes that do not add up to the bytes after the JSON, and shared-memory parameters
 /// (not supported).
-pub fn decode_request(body: Bytes, header_length: Option<&str>) -> Result<InferRequest, ApiError> {
+pub fn decode_request(
+    body: Bytes,
+    header_length: Option<&str>,
+) -> Result<InferRequest, ProtocolError> {
     let (json, mut binary) = match header_length {
         None => (body, None),
         Some(text) => {
             let length: usize = text.trim().parse().map_err(|_| {
-                ApiError::BadRequest(format!(
+                ProtocolError::BadRequest(format!(
                     "Inference-Header-Content-Length must be a number of bytes, not {text:?}"
                 ))
             })?;
             if length > body.len() {
-                return Err(ApiError::BadRequest(format!(
+                return Err(ProtocolError::BadRequest(format!(
                     "Inference-Header-Content-Length is {length}, past the end of the {}-byte body",
                     body.len()
                 )));
@@ -65,7 +68,7 @@ pub fn decode_request(body: Bytes, header_length: Option<&str>) -> Result<InferR
         }
     };
     let mut request: InferRequest = serde_json::from_slice(&json)
-        .map_err(|e| ApiError::BadRequest(format!("invalid inference request: {e}")))?;
+        .map_err(|e| ProtocolError::BadRequest(format!("invalid inference request: {e}")))?;
     for output in request.outputs.iter().flatten() {
         refuse_shared_memory(output.parameters.as_ref(), "output", &output.name)?;
     }
@@ -75,13 +78,13 @@ pub fn decode_request(body: Bytes, header_length: Option<&str>) -> Result<InferR
         let size = binary_data_size(input)?;
         match (size, &input.data, binary.as_mut()) {
             (Some(_), Some(_), _) => {
-                return Err(ApiError::BadRequest(format!(
+                return Err(ProtocolError::BadRequest(format!(
                     "input {:?} has both data and binary_data_size: give one",
                     input.name
                 )));
             }
             (Some(_), None, None) => {
-                return Err(ApiError::BadRequest(format!(
+                return Err(ProtocolError::BadRequest(format!(
                     "input {:?} has binary_data_size, but the request has no \
                      Inference-Header-Content-Length header saying where its JSON ends",
                     input.name
@@ -90,7 +93,7 @@ pub fn decode_request(body: Bytes, header_length: Option<&str>) -> Result<InferR
             (Some(size), None, Some(rest)) => {
                 // Compared as u64: a size beyond the address space is simply too long.
                 if size > rest.len() as u64 {
-                    return Err(ApiError::BadRequest(format!(
+                    return Err(ProtocolError::BadRequest(format!(
                         "input {:?} declares binary_data_size {size}, but only {} bytes of \
                          binary data are left after the JSON header and the inputs before it",
                         input.name,
@@ -101,7 +104,7 @@ pub fn decode_request(body: Bytes, header_length: Option<&str>) -> Result<InferR
                 input.binary = Some(rest.split_to(size as usize));
             }
             (None, None, _) => {
-                return Err(ApiError::BadRequest(format!(
+                return Err(ProtocolError::BadRequest(format!(
                     "input {:?} has neither data nor parameters.binary_data_size",
                     input.name
                 )));
@@ -110,7 +113,7 @@ pub fn decode_request(body: Bytes, header_length: Option<&str>) -> Result<InferR
         }
     }
     if let Some(rest) = binary.filter(|rest| !rest.is_empty()) {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ProtocolError::BadRequest(format!(
             "the inputs' binary_data_size add up to {} bytes, but {section_length} bytes follow \
              the JSON header ({} too many)",
             section_length - rest.len(),
@@ -121,7 +124,7 @@ pub fn decode_request(body: Bytes, header_length: Option<&str>) -> Result<InferR
 }
 
 /// `parameters.binary_data_size` of an input, when it has one.
-fn binary_data_size(input: &InferInput) -> Result<Option<u64>, ApiError> {
+fn binary_data_size(input: &InferInput) -> Result<Option<u64>, ProtocolError> {
     let Some(value) = input
         .parameters
         .as_ref()
@@ -130,7 +133,7 @@ fn binary_data_size(input: &InferInput) -> Result<Option<u64>, ApiError> {
         return Ok(None);
     };
     value.as_u64().map(Some).ok_or_else(|| {
-        ApiError::BadRequest(format!(
+        ProtocolError::BadRequest(format!(
             "input {:?}: binary_data_size must be a non-negative integer, not {value}",
             input.name
         ))
@@ -141,9 +144,9 @@ fn refuse_shared_memory(
     parameters: Option<&Parameters>,
     kind: &str,
     name: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), ProtocolError> {
     if parameters.is_some_and(|p| p.keys().any(|key| key.starts_with("shared_memory_"))) {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ProtocolError::BadRequest(format!(
             "{kind} {name:?} uses shared memory, which this server does not support: send the \
              tensor in the body (JSON data or binary data)"
         )));
@@ -154,15 +157,15 @@ fn refuse_shared_memory(
 /// Elements of a tensor of `shape`.
 ///
 /// # Errors
-/// [`ApiError::BadRequest`] for a negative dimension; [`ApiError::PayloadTooLarge`] when the
+/// [`ProtocolError::BadRequest`] for a negative dimension; [`ProtocolError::TooLarge`] when the
 /// product does not even fit in a machine word.
-pub fn element_count(shape: &[i64]) -> Result<usize, ApiError> {
+pub fn element_count(shape: &[i64]) -> Result<usize, ProtocolError> {
     shape.iter().try_fold(1usize, |count, &dimension| {
         let dimension = usize::try_from(dimension).map_err(|_| {
-            ApiError::BadRequest(format!("shape {shape:?} has a negative dimension"))
+            ProtocolError::BadRequest(format!("shape {shape:?} has a negative dimension"))
         })?;
         count.checked_mul(dimension).ok_or_else(|| {
-            ApiError::PayloadTooLarge(format!(
+            ProtocolError::TooLarge(format!(
                 "shape {shape:?} declares more elements than any request can hold"
             ))
         })
@@ -172,20 +175,20 @@ pub fn element_count(shape: &[i64]) -> Result<usize, ApiError> {
 /// The `expected` FP32 values of an input, from its binary data or its JSON `data`.
 ///
 /// # Errors
-/// [`ApiError::BadRequest`] when the data holds another number of values (or bytes) than
-/// `expected`, or something other than numbers; [`ApiError::PayloadTooLarge`] when `expected`
+/// [`ProtocolError::BadRequest`] when the data holds another number of values (or bytes) than
+/// `expected`, or something other than numbers; [`ProtocolError::TooLarge`] when `expected`
 /// values cannot be counted in bytes.
-pub fn fp32_values(input: &InferInput, expected: usize) -> Result<Vec<f32>, ApiError> {
+pub fn fp32_values(input: &InferInput, expected: usize) -> Result<Vec<f32>, ProtocolError> {
     match (&input.binary, &input.data) {
         (Some(binary), _) => {
             let bytes = expected.checked_mul(FP32_SIZE).ok_or_else(|| {
-                ApiError::PayloadTooLarge(format!(
+                ProtocolError::TooLarge(format!(
                     "input {:?} declares {expected} values, more than any request can hold",
                     input.name
                 ))
             })?;
             if binary.len() != bytes {
-                return Err(ApiError::BadRequest(format!(
+                return Err(ProtocolError::BadRequest(format!(
                     "input {:?}: shape {:?} needs {bytes} bytes of FP32 data ({FP32_SIZE} per \
                      value), binary_data_size is {}",
                     input.name,
@@ -203,7 +206,7 @@ pub fn fp32_values(input: &InferInput, expected: usize) -> Result<Vec<f32>, ApiE
                 "FP32 data must hold numbers",
             )?;
             if found != expected {
-                return Err(ApiError::BadRequest(format!(
+                return Err(ProtocolError::BadRequest(format!(
                     "input {:?}: shape {:?} says {expected} values, data holds {found}",
                     input.name, input.shape
                 )));
@@ -222,16 +225,16 @@ pub fn fp32_values(input: &InferInput, expected: usize) -> Result<Vec<f32>, ApiE
 /// the UTF-8 bytes of each string of its JSON `data`.
 ///
 /// # Errors
-/// [`ApiError::BadRequest`] when the data holds another number of elements than `expected`,
+/// [`ProtocolError::BadRequest`] when the data holds another number of elements than `expected`,
 /// an element's length reaches past the end of the data, or JSON data holds non-strings.
-pub fn bytes_elements(input: &InferInput, expected: usize) -> Result<Vec<Bytes>, ApiError> {
+pub fn bytes_elements(input: &InferInput, expected: usize) -> Result<Vec<Bytes>, ProtocolError> {
     match (&input.binary, &input.data) {
         (Some(binary), _) => decode_bytes_elements(binary, expected)
-            .map_err(|why| ApiError::BadRequest(format!("input {:?}: {why}", input.name))),
+            .map_err(|why| ProtocolError::BadRequest(format!("input {:?}: {why}", input.name))),
         (None, Some(data)) => {
             let found = count_leaves(data, &Value::is_string, "BYTES data must hold strings")?;
             if found != expected {
-                return Err(ApiError::BadRequest(format!(
+                return Err(ProtocolError::BadRequest(format!(
                     "input shape {:?} says {expected} elements, data holds {found}",
                     input.shape
                 )));
@@ -248,8 +251,8 @@ pub fn bytes_elements(input: &InferInput, expected: usize) -> Result<Vec<Bytes>,
     }
 }
 
-fn no_data(input: &InferInput) -> ApiError {
-    ApiError::BadRequest(format!(
+fn no_data(input: &InferInput) -> ProtocolError {
+    ProtocolError::BadRequest(format!(
         "input {:?} has neither data nor parameters.binary_data_size",
         input.name
     ))
@@ -261,13 +264,13 @@ fn count_leaves(
     value: &Value,
     is_leaf: &dyn Fn(&Value) -> bool,
     wrong: &str,
-) -> Result<usize, ApiError> {
+) -> Result<usize, ProtocolError> {
     match value {
         Value::Array(items) => items.iter().try_fold(0usize, |count, item| {
             Ok(count + count_leaves(item, is_leaf, wrong)?)
         }),
         leaf if is_leaf(leaf) => Ok(1),
-        other => Err(ApiError::BadRequest(format!("{wrong}, found {other}"))),
+        other => Err(ProtocolError::BadRequest(format!("{wrong}, found {other}"))),
     }
 }
 
@@ -361,16 +364,16 @@ pub fn encode_bytes_elements<'a>(elements: impl IntoIterator<Item = &'a [u8]>) -
 /// request's `binary_data_output`, else JSON.
 ///
 /// # Errors
-/// [`ApiError::BadRequest`] when either parameter is not a boolean.
+/// [`ProtocolError::BadRequest`] when either parameter is not a boolean.
 pub fn wants_binary(
     request: Option<&Parameters>,
     output: Option<&Parameters>,
-) -> Result<bool, ApiError> {
+) -> Result<bool, ProtocolError> {
     let flag =
         |parameters: Option<&Parameters>, name: &str| match parameters.and_then(|p| p.get(name)) {
             None => Ok(None),
             Some(Value::Bool(flag)) => Ok(Some(*flag)),
-            Some(other) => Err(ApiError::BadRequest(format!(
+            Some(other) => Err(ProtocolError::BadRequest(format!(
                 "parameter {name} must be true or false, not {other}"
             ))),
         };
@@ -409,10 +412,10 @@ pub struct EncodedResponse {
 /// output's bytes in output order.
 ///
 /// # Errors
-/// [`ApiError::Internal`] if the response cannot be serialised.
-pub fn encode_response(response: &InferResponse) -> Result<EncodedResponse, ApiError> {
+/// [`ProtocolError::Encode`] if the response cannot be serialised.
+pub fn encode_response(response: &InferResponse) -> Result<EncodedResponse, ProtocolError> {
     let mut body = serde_json::to_vec(response)
-        .map_err(|e| ApiError::Internal(format!("cannot serialise the response: {e}")))?;
+        .map_err(|e| ProtocolError::Encode(format!("cannot serialise the response: {e}")))?;
     let binary: Vec<&[u8]> = response
         .outputs
         .iter()
@@ -435,28 +438,6 @@ pub fn encode_response(response: &InferResponse) -> Result<EncodedResponse, ApiE
     })
 }
 
-impl IntoResponse for EncodedResponse {
-    fn into_response(self) -> Response {
-        let content_type = if self.header_length.is_some() {
-            "application/octet-stream"
-        } else {
-            "application/json"
-        };
-        let mut response = (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
-            self.body,
-        )
-            .into_response();
-        if let Some(length) = self.header_length {
-            response
-                .headers_mut()
-                .insert(HEADER_LENGTH, HeaderValue::from(length));
-        }
-        response
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,16 +451,16 @@ mod tests {
         (body.into(), length)
     }
 
-    fn bad_request(result: Result<impl std::fmt::Debug, ApiError>) -> String {
+    fn bad_request(result: Result<impl std::fmt::Debug, ProtocolError>) -> String {
         match result {
-            Err(ApiError::BadRequest(message)) => message,
+            Err(ProtocolError::BadRequest(message)) => message,
             other => panic!("expected a 400, got {other:?}"),
         }
     }
 
-    fn too_large(result: Result<impl std::fmt::Debug, ApiError>) -> String {
+    fn too_large(result: Result<impl std::fmt::Debug, ProtocolError>) -> String {
         match result {
-            Err(ApiError::PayloadTooLarge(message)) => message,
+            Err(ProtocolError::TooLarge(message)) => message,
             other => panic!("expected a 413, got {other:?}"),
         }
     }
