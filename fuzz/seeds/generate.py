@@ -59,6 +59,8 @@ def store_urls():
     write("store_url", "az.txt", "az://container/prefix\n/abs/key")
     write("store_url", "local.txt", "file:///srv/photos\n./cat/1.jpg")
     write("store_url", "relative.txt", "photos/bucket\ncat//2.jpg")
+    # Found by fuzzing: a trailing slash made one folder display as two.
+    write("store_url", "trailing-slash.txt", "photos\nphotos/")
 
 
 def model_json():

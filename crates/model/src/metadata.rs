@@ -198,10 +198,13 @@ mod tests {
         serde_json::to_vec(&json).unwrap()
     }
 
+    /// An edit that makes metadata hostile, named for the failure message.
+    type Hostile = (&'static str, Box<dyn Fn(&mut serde_json::Value)>);
+
     #[test]
     fn hostile_sizes_are_refused_at_parse_time() {
         assert!(ModelMetadata::from_json(&json_with(|_| {})).is_ok());
-        let hostile: [(&str, Box<dyn Fn(&mut serde_json::Value)>); 7] = [
+        let hostile: [Hostile; 7] = [
             (
                 "huge input",
                 Box::new(|j| j["input"]["image_size"] = 4_000_000_000u32.into()),

@@ -236,7 +236,12 @@ fn normalise_prefix(prefix: &str) -> std::result::Result<String, String> {
 }
 
 fn local(path: &Path) -> std::result::Result<StoreUrl, String> {
-    let absolute = std::path::absolute(path).map_err(|e| e.to_string())?;
+    // Rebuilt from its components: `absolute` keeps a trailing slash, which would make
+    // `photos/` and `photos` display as two places that contain each other (found by fuzzing).
+    let absolute: PathBuf = std::path::absolute(path)
+        .map_err(|e| e.to_string())?
+        .components()
+        .collect();
     // Canonicalise when the folder exists so that symlinked roots compare correctly later;
     // a missing folder (an output not yet written) keeps its lexical absolute form.
     let root = absolute.canonicalize().unwrap_or(absolute);
@@ -246,6 +251,16 @@ fn local(path: &Path) -> std::result::Result<StoreUrl, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trailing_slash_names_the_same_local_folder() {
+        let (with, without) = (
+            parse_store_url("no-such-photos/").unwrap(),
+            parse_store_url("no-such-photos").unwrap(),
+        );
+        assert_eq!(with.display(), without.display());
+        assert!(with.contains(&without) && without.contains(&with));
+    }
 
     #[test]
     fn containment_follows_segments_buckets_and_schemes() {
