@@ -426,7 +426,8 @@ def test_models_confusion_matrix_cell_shows_its_photos_and_versions_swap(page, t
             capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert train.returncode == 0, train.stderr[-3000:]
-    with serve("--model", str(models / "tiny"), "--bucket", str(data)) as base:
+    # --open-admin: the page swaps versions through /admin/*, off on a keyless server by default.
+    with serve("--model", str(models / "tiny"), "--bucket", str(data), "--open-admin") as base:
         page.goto(f"{base}/#models")
         page.locator("#versions tbody tr[data-version] >> nth=1").wait_for()
         newest, older = page.eval_on_selector_all("#versions tbody tr[data-version]", "r => r.map(x => x.dataset.version)")

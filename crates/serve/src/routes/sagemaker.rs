@@ -271,10 +271,14 @@ pub async fn ping(State(state): State<AppState>) -> Result<Json<serde_json::Valu
     responses(
         (status = 200, description = "Probabilities and labels", body = Invocation),
         (status = 400, body = ErrorResponse),
+        (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
+        (status = 403, description = "A URI outside the bucket and --allow-uri-prefix", body = ErrorResponse),
+        (status = 404, description = "A URI names no object", body = ErrorResponse),
         (status = 413, body = ErrorResponse),
         (status = 415, body = ErrorResponse),
         (status = 422, body = ErrorResponse),
         (status = 429, body = ErrorResponse),
+        (status = 502, description = "The bucket could not be read", body = ErrorResponse),
         (status = 503, body = ErrorResponse),
     ),
     security((), ("api_key" = []))
