@@ -132,6 +132,10 @@ def quantile(before: dict[float, float], after: dict[float, float], q: float) ->
     return lower
 
 
+def mean_mib(values: list[int]) -> float | None:
+    return round(sum(values) / len(values) / 2**20, 1) if values else None
+
+
 def rss_bytes(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -252,6 +256,9 @@ def soak(seconds: int, max_concurrent: int, max_queue: int, overload: float = 2.
                 "rss_mib": {
                     "min": round(min(steady) / 2**20, 1) if steady else None,
                     "max": round(max(steady) / 2**20, 1) if steady else None,
+                    # A band that keeps rising is a leak; one that moves within itself is not.
+                    "first_tenth_mean": mean_mib(steady[: max(1, len(steady) // 10)]),
+                    "last_tenth_mean": mean_mib(steady[-max(1, len(steady) // 10):]),
                     "samples": len(samples),
                 },
                 "admitted_p50_s": quantile(before, after, 0.50),
