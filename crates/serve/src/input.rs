@@ -211,39 +211,14 @@ pub async fn read_images(
 
 /// The photos of JSON Lines records: inline ones as they are, references read (in order).
 async fn read_json_lines(body: &[u8], uris: &UriReader) -> Result<Vec<ImageInput>, ApiError> {
-    let records = parse_json_lines(body)?;
-    // Every URI is checked before the first object is read; the order of the lines is kept.
-    uris.check_count(
-        records
-            .iter()
-            .filter(|r| matches!(r, Record::Uri(_)))
-            .count(),
-    )?;
-    let reads = records
+    let items = parse_json_lines(body)?
         .into_iter()
         .map(|record| match record {
-            Record::Uri(uri) => uris
-                .locate(&uri)
-                .map(|located| Either::Left((uri, located))),
-            Record::Inline { name, bytes } => Ok(Either::Right(ImageInput { name, bytes })),
+            Record::Uri(uri) => Either::Left(uri),
+            Record::Inline { name, bytes } => Either::Right(ImageInput { name, bytes }),
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let budget = uris.budget();
-    futures::stream::iter(reads)
-        .map(|read| {
-            let budget = &budget;
-            async move {
-                match read {
-                    Either::Left((uri, (store, key))) => {
-                        uris.read_located(uri, &store, &key, budget).await
-                    }
-                    Either::Right(image) => Ok(image),
-                }
-            }
-        })
-        .buffered(CONCURRENT_READS)
-        .try_collect()
-        .await
+        .collect();
+    uris.read_in_order(items).await
 }
 
 /// What a request may make the server read through URIs.
@@ -334,16 +309,44 @@ impl UriReader {
     /// Every object of `uris`, in order; all of them are checked against the policy before
     /// the first is read.
     pub async fn read_all(&self, uris: Vec<String>) -> Result<Vec<ImageInput>, ApiError> {
-        self.check_count(uris.len())?;
-        let located = uris
+        self.read_in_order(uris.into_iter().map(Either::Left).collect())
+            .await
+    }
+
+    /// Photos in the order given: URIs (left) read, photos already in the body (right) kept.
+    /// Every URI is counted and checked against the policy before the first object is read,
+    /// and all the objects share one byte budget.
+    async fn read_in_order(
+        &self,
+        items: Vec<Either<String, ImageInput>>,
+    ) -> Result<Vec<ImageInput>, ApiError> {
+        self.check_count(
+            items
+                .iter()
+                .filter(|item| matches!(item, Either::Left(_)))
+                .count(),
+        )?;
+        let reads = items
             .into_iter()
-            .map(|uri| self.locate(&uri).map(|located| (uri, located)))
+            .map(|item| match item {
+                Either::Left(uri) => self
+                    .locate(&uri)
+                    .map(|located| Either::Left((uri, located))),
+                Either::Right(image) => Ok(Either::Right(image)),
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let budget = self.budget();
-        futures::stream::iter(located)
-            .map(|(uri, (store, key))| {
+        futures::stream::iter(reads)
+            .map(|read| {
                 let budget = &budget;
-                async move { self.read_located(uri, &store, &key, budget).await }
+                async move {
+                    match read {
+                        Either::Left((uri, (store, key))) => {
+                            self.read_located(uri, &store, &key, budget).await
+                        }
+                        Either::Right(image) => Ok(image),
+                    }
+                }
             })
             .buffered(CONCURRENT_READS)
             .try_collect()

@@ -320,13 +320,17 @@ impl Store {
 
     /// The whole object.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
+        let result = self.get_unread(key).await?;
+        result.bytes().await.map_err(|e| self.error(key, e))
+    }
+
+    /// The object's metadata and a body not read yet.
+    async fn get_unread(&self, key: &str) -> Result<object_store::GetResult> {
         let location = self.location(key)?;
-        let result = self
-            .inner
+        self.inner
             .get(&location)
             .await
-            .map_err(|e| self.error(key, e))?;
-        result.bytes().await.map_err(|e| self.error(key, e))
+            .map_err(|e| self.error(key, e))
     }
 
     /// The whole object when it holds at most `max_bytes`; a [`StorageErrorKind::TooLarge`]
@@ -337,12 +341,7 @@ impl Store {
             StorageError::new(StorageErrorKind::TooLarge, self.url_of(key))
                 .with_detail(format!("more than {max_bytes} bytes"))
         };
-        let location = self.location(key)?;
-        let result = self
-            .inner
-            .get(&location)
-            .await
-            .map_err(|e| self.error(key, e))?;
+        let result = self.get_unread(key).await?;
         if result.meta.size > max_bytes {
             return Err(too_large());
         }

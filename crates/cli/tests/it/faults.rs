@@ -28,6 +28,26 @@ fn committed(runtime: &tokio::runtime::Runtime, out: &Store) -> u64 {
     runtime.block_on(markers(out)).iter().sum()
 }
 
+/// Waits until `out` holds `count` committed results, failing when `child` ends first or
+/// `limit` passes without them.
+fn wait_for_commits(
+    runtime: &tokio::runtime::Runtime,
+    out: &Store,
+    count: u64,
+    child: &mut Child,
+    limit: Duration,
+) {
+    let started = Instant::now();
+    while committed(runtime, out) < count {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ended before {count} results"
+        );
+        assert!(started.elapsed() < limit, "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits for `child` to exit, at most `limit`; kills it and fails the test after that.
 fn wait_at_most(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
     let deadline = Instant::now() + limit;
@@ -103,15 +123,13 @@ fn classify_fails_cleanly_while_s3_is_down_and_rides_out_a_short_outage() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while committed(&runtime, &out_store) < 10 {
-        assert!(
-            first.try_wait().unwrap().is_none(),
-            "ended before the outage"
-        );
-        assert!(started.elapsed() < Duration::from_secs(300), "no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_commits(
+        &runtime,
+        &out_store,
+        10,
+        &mut first,
+        Duration::from_secs(300),
+    );
     weed.kill();
     let killed = Instant::now();
     let status = wait_at_most(&mut first, Duration::from_secs(120), "classify without S3");
@@ -138,15 +156,13 @@ fn classify_fails_cleanly_while_s3_is_down_and_rides_out_a_short_outage() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while committed(&runtime, &out_store) < before + 10 {
-        assert!(
-            second.try_wait().unwrap().is_none(),
-            "ended before the outage"
-        );
-        assert!(started.elapsed() < Duration::from_secs(300), "no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_commits(
+        &runtime,
+        &out_store,
+        before + 10,
+        &mut second,
+        Duration::from_secs(300),
+    );
     weed.kill();
     std::thread::sleep(Duration::from_secs(3));
     assert!(second.try_wait().unwrap().is_none(), "gave up within 3 s");
@@ -202,15 +218,13 @@ fn watch_waits_out_an_s3_outage_and_misses_nothing_that_arrived() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let wait_for = |count: u64, watch: &mut Child| {
-        let started = Instant::now();
-        while committed(&runtime, &out_store) < count {
-            assert!(watch.try_wait().unwrap().is_none(), "watch ended");
-            assert!(started.elapsed() < Duration::from_secs(180), "no progress");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    wait_for(first_photos, &mut watch);
+    wait_for_commits(
+        &runtime,
+        &out_store,
+        first_photos,
+        &mut watch,
+        Duration::from_secs(180),
+    );
 
     // Down for longer than its retries last: an outage is not a reason for watch to stop.
     weed.kill();
@@ -225,7 +239,13 @@ fn watch_waits_out_an_s3_outage_and_misses_nothing_that_arrived() {
     write_class_folders(later.path(), &["wolf", "zebra"], 3, (96, 72));
     let store = env.store(&format!("{prefix}/in"));
     let later_photos = runtime.block_on(upload_dir(later.path(), &store)) as u64;
-    wait_for(first_photos + later_photos, &mut watch);
+    wait_for_commits(
+        &runtime,
+        &out_store,
+        first_photos + later_photos,
+        &mut watch,
+        Duration::from_secs(180),
+    );
     watch.kill().unwrap();
     watch.wait().unwrap();
 
