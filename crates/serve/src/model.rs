@@ -16,7 +16,6 @@ use utoipa::ToSchema;
 use crate::error::ApiError;
 use crate::metrics::{MODEL_INFO, MODEL_RELOADS};
 
-/// A loaded model version with the pre-processing its input needs.
 /// The last reload that failed since the last good one: the serving version stayed in place.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct ReloadFailure {
@@ -28,6 +27,7 @@ pub struct ReloadFailure {
     pub reason: String,
 }
 
+/// A loaded model version with the pre-processing its input needs.
 pub struct ServedModel {
     pub model: LoadedModel,
     pub preprocessor: Preprocessor,
@@ -249,10 +249,6 @@ impl ModelManager {
         let current = served.version().to_string();
         let swapped = previous.as_deref() != Some(current.as_str());
         self.swap_in(served);
-        *self
-            .reload_failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = None;
         if follows_latest {
             let latest = repository.latest(&name).await.ok().flatten();
             self.pinned.store(
@@ -355,10 +351,6 @@ impl ModelManager {
         let served = self.load_beside(&version_url, &latest).await?;
         let current = served.version().to_string();
         self.swap_in(served);
-        *self
-            .reload_failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = None;
         counter!(MODEL_RELOADS, "outcome" => "swapped").increment(1);
         tracing::info!(
             model = %name,
@@ -436,7 +428,12 @@ impl ModelManager {
         Ok(served)
     }
 
+    /// Serves `served` from now on; a good version in place clears any reported reload failure.
     fn swap_in(&self, served: Arc<ServedModel>) {
+        *self
+            .reload_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         if let Some(old) = self.current.swap(Some(served.clone())) {
             gauge!(MODEL_INFO, "name" => old.name().to_string(), "version" => old.version().to_string(), "engine" => old.engine())
                 .set(0.0);
