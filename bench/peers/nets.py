@@ -1,4 +1,4 @@
-"""The PyTorch twins of Bestiary's networks (crates/train/src/arch.rs and efficientnet.rs), layer
+"""The PyTorch twins of Bestiary's networks (crates/networks/src/arch.rs and efficientnet.rs), layer
 for layer, so that both sides of a comparison compute the same thing.
 
 - SeedCnn: `depth` blocks of 3x3 conv (no bias) + batch norm + ReLU + 2x2 max-pool, channels

@@ -88,6 +88,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// podFailurePolicy should not retry), 1 for everything else (outages after retries, I/O).
 fn failure_status(error: &anyhow::Error) -> ExitCode {
     use bestiary_dataset::DatasetError;
+    use bestiary_networks::NetworkError;
     use bestiary_storage::StorageError;
     use bestiary_train::TrainError;
     let permanent = error.chain().any(|cause| {
@@ -103,6 +104,13 @@ fn failure_status(error: &anyhow::Error) -> ExitCode {
             match e {
                 TrainError::Invalid(_) | TrainError::Checkpoint(_) => true,
                 TrainError::Storage(storage) => storage.is_permanent(),
+                _ => false,
+            }
+        } else if let Some(e) = cause.downcast_ref::<NetworkError>() {
+            // `bestiary export` loads its model with bestiary-networks: the same rule.
+            match e {
+                NetworkError::Invalid(_) | NetworkError::Checkpoint(_) => true,
+                NetworkError::Storage(storage) => storage.is_permanent(),
                 _ => false,
             }
         } else if let Some(e) = cause.downcast_ref::<bestiary_bulk::BulkError>() {

@@ -4,9 +4,10 @@
 use std::sync::Mutex;
 
 use bestiary_model::ModelMetadata;
-use bestiary_train::stored::StoredModel;
-use bestiary_train::trainer::{training_device, weights_from_bytes};
-use bestiary_train::{ArchitectureConfig, Classifier};
+use bestiary_networks::device::training_device;
+use bestiary_networks::stored::StoredModel;
+use bestiary_networks::weights::weights_from_bytes;
+use bestiary_networks::{ArchitectureConfig, Classifier};
 use burn::prelude::*;
 
 use crate::engine::{Engine, EngineKind, check_input};

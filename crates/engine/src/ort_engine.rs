@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bestiary_train::export::CLASS_ACTIVATION;
+use bestiary_model::onnx::CLASS_ACTIVATION;
 use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
@@ -164,7 +164,7 @@ pub fn find_onnxruntime() -> Result<PathBuf, EngineError> {
 }
 
 /// The onnxruntime library, downloading it when [`find_onnxruntime`] finds none: pip fetches
-/// the pinned wheel (sha256-checked, see `bestiary_train::import::fetch_wheel_with`) and only
+/// the pinned wheel (sha256-checked, see `bestiary_networks::wheel::fetch_wheel_with`) and only
 /// the library is extracted into [`onnxruntime_cache_dir`], through a temporary file renamed
 /// into place so that concurrent processes never see half a library.
 ///
@@ -186,7 +186,7 @@ pub fn ensure_onnxruntime() -> Result<PathBuf, EngineError> {
     tracing::info!(
         "onnxruntime {ONNXRUNTIME_VERSION} is not installed; downloading its PyPI wheel to extract the library"
     );
-    let wheel = bestiary_train::import::fetch_wheel_with(
+    let wheel = bestiary_networks::wheel::fetch_wheel_with(
         WHEEL_PACKAGE,
         ONNXRUNTIME_VERSION,
         ONNXRUNTIME_WHEEL_SHA256,

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use bestiary_train::export::CLASS_ACTIVATION;
+use bestiary_model::onnx::CLASS_ACTIVATION;
 use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
 

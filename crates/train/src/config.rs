@@ -1,10 +1,8 @@
 //! Training settings, as given on the command line and recorded in checkpoints and `model.json`.
 
+use bestiary_networks::ArchitectureConfig;
+use bestiary_networks::imagenet_prior::ImagenetPriorConfig;
 use serde::{Deserialize, Serialize};
-
-use crate::arch::ArchitectureConfig;
-use crate::fine_tune::FineTune;
-use crate::imagenet_prior::ImagenetPriorConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -88,6 +86,64 @@ impl TrainConfig {
                 }
             }
         }
+    }
+}
+
+/// MBConv blocks of EfficientNet-Lite0.
+pub const BLOCKS: usize = 16;
+
+/// How a fine-tuning run trains the pretrained backbone (`--fine-tune`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FineTune {
+    /// Train only the last this-many MBConv blocks (0–16) and the head convolution; `None` trains
+    /// the whole backbone, stem included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<usize>,
+    /// The backbone's learning rate as a fraction of the new head's.
+    pub backbone_lr_factor: f64,
+    /// Batch norm normalises with the pretrained running statistics and leaves them unchanged
+    /// (its scale and shift still train); false normalises with each batch's statistics and
+    /// updates the running ones.
+    pub freeze_batch_norm: bool,
+}
+
+impl Default for FineTune {
+    fn default() -> Self {
+        Self {
+            blocks: None,
+            backbone_lr_factor: 0.1,
+            freeze_batch_norm: true,
+        }
+    }
+}
+
+impl FineTune {
+    /// Refuses settings that cannot describe a run.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(blocks) = self.blocks
+            && blocks > BLOCKS
+        {
+            return Err(format!(
+                "EfficientNet-Lite0 has {BLOCKS} MBConv blocks; cannot unfreeze the last {blocks}"
+            ));
+        }
+        if !(self.backbone_lr_factor.is_finite() && self.backbone_lr_factor >= 0.0) {
+            return Err(format!(
+                "the backbone learning-rate factor must be a number ≥ 0, not {}",
+                self.backbone_lr_factor
+            ));
+        }
+        Ok(())
+    }
+
+    /// Index of the first MBConv block that trains.
+    pub fn first_trained_block(&self) -> usize {
+        BLOCKS - self.blocks.unwrap_or(BLOCKS).min(BLOCKS)
+    }
+
+    /// Whether the stem (first convolution and its batch norm) trains.
+    pub fn trains_stem(&self) -> bool {
+        self.blocks.is_none()
     }
 }
 

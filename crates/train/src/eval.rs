@@ -4,13 +4,16 @@
 use bestiary_dataset::{Dataset, ImageCache, Loader, LoaderConfig, Sample, SkippedFile};
 use bestiary_model::calibration::{ECE_BINS, expected_calibration_error, softmax_at};
 use bestiary_model::{Calibration, ModelMetadata, resolve};
+use bestiary_networks::device::training_device;
+use bestiary_networks::stored::StoredModel;
+use bestiary_networks::weights::weights_from_bytes;
+use bestiary_networks::{ArchitectureConfig, Classifier};
 use bestiary_storage::{Store, StoreOptions};
 use burn::prelude::*;
 use serde::Serialize;
 
-use crate::arch::{ArchitectureConfig, Classifier};
-use crate::stored::StoredModel;
-use crate::trainer::{EpochMetrics, Result, TrainError, training_device, weights_from_bytes};
+use crate::error::{Result, TrainError};
+use crate::metrics::{EpochMetrics, argmax};
 
 /// Photos per inference batch: large enough to keep the backend busy, small enough for any
 /// input size on a CPU.
@@ -96,17 +99,6 @@ pub struct EvalReport {
     /// Calibration error before and after the model's temperature.
     pub calibration: CalibrationFigures,
     pub bad_files: Vec<SkippedFile>,
-}
-
-/// Index of the largest value; the first one on ties, so that ranks below agree with it.
-pub(crate) fn argmax(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 /// Position of `label` when the classes are sorted by probability, ties broken by index as

@@ -3,18 +3,14 @@
 //! engines.
 
 use bestiary_model::ModelMetadata;
-use bestiary_model::onnx::{ExportError, GraphBuilder, Value, fold_batch_norm};
+use bestiary_model::onnx::{CLASS_ACTIVATION, ExportError, GraphBuilder, Value, fold_batch_norm};
+use bestiary_networks::arch::{BasicBlock, Classifier, ConvBnRelu, Resnet, SeedCnn};
+use bestiary_networks::efficientnet::{self, EfficientNetLite0, MbConv};
+use bestiary_networks::imagenet_prior::ImagenetPrior;
 use burn::prelude::*;
-
-use crate::arch::{BasicBlock, Classifier, ConvBnRelu, Resnet, SeedCnn};
-use crate::efficientnet::{self, EfficientNetLite0, MbConv};
-use crate::imagenet_prior::ImagenetPrior;
 
 /// Name of the graph input: float32 `[N, 3, size, size]`, normalised as the metadata says.
 pub const INPUT: &str = "input";
-/// Name of the class activation maps output: float32 `[N, classes, h, w]`, the head applied
-/// to every position of the last feature map, so that its spatial mean is `logits` exactly.
-pub const CLASS_ACTIVATION: &str = "class_activation";
 
 /// The values the head produces, to be declared as graph outputs.
 struct HeadOutputs {
@@ -288,7 +284,7 @@ fn imagenet_prior(
     let probabilities = graph.softmax(&imagenet, 1);
     let membership = prior.membership_values();
     let classes = membership.len() / imagenet_classes;
-    let epsilon = vec![crate::imagenet_prior::EPSILON; classes];
+    let epsilon = vec![bestiary_networks::imagenet_prior::EPSILON; classes];
     let grouped = graph.gemm(
         &probabilities,
         &membership,

@@ -2,7 +2,8 @@
 //! the network train, their learning rates, their batch norm, and the network a run starts from.
 //!
 //! The run itself is the from-scratch trainer's (`trainer::train_with`): its loader, augmentation,
-//! schedule with warm-up, checkpoints and `--resume`. This file supplies what differs:
+//! schedule with warm-up, checkpoints and `--resume`; its settings (`FineTune`) are part of the
+//! run's in `config.rs`. This file supplies what differs:
 //! - the start: the pretrained backbone with a fresh, seeded head (and the frozen ImageNet prior
 //!   when `--imagenet-prior` asks for one);
 //! - frozen parts (the stem and the first blocks when only the last N blocks train, and the
@@ -23,75 +24,18 @@
 
 use bestiary_dataset::Dataset;
 use bestiary_model::ModelRepository;
+use bestiary_networks::arch::seeded;
+use bestiary_networks::efficientnet::FEATURES;
+use bestiary_networks::weights::weights_to_bytes;
+use bestiary_networks::{ArchitectureConfig, Classifier};
 use burn::module::{Flag, ModuleMapper, Param};
 use burn::nn::LinearConfig;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::Gradients;
-use serde::{Deserialize, Serialize};
 
-use crate::arch::{ArchitectureConfig, Classifier, seeded};
-use crate::config::TrainConfig;
-use crate::efficientnet::FEATURES;
-use crate::trainer::{Result, TrainError, weights_to_bytes};
-
-/// MBConv blocks of EfficientNet-Lite0.
-pub const BLOCKS: usize = 16;
-
-/// How a fine-tuning run trains the pretrained backbone (`--fine-tune`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FineTune {
-    /// Train only the last this-many MBConv blocks (0–16) and the head convolution; `None` trains
-    /// the whole backbone, stem included.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blocks: Option<usize>,
-    /// The backbone's learning rate as a fraction of the new head's.
-    pub backbone_lr_factor: f64,
-    /// Batch norm normalises with the pretrained running statistics and leaves them unchanged
-    /// (its scale and shift still train); false normalises with each batch's statistics and
-    /// updates the running ones.
-    pub freeze_batch_norm: bool,
-}
-
-impl Default for FineTune {
-    fn default() -> Self {
-        Self {
-            blocks: None,
-            backbone_lr_factor: 0.1,
-            freeze_batch_norm: true,
-        }
-    }
-}
-
-impl FineTune {
-    /// Refuses settings that cannot describe a run.
-    pub fn check(&self) -> Result<(), String> {
-        if let Some(blocks) = self.blocks
-            && blocks > BLOCKS
-        {
-            return Err(format!(
-                "EfficientNet-Lite0 has {BLOCKS} MBConv blocks; cannot unfreeze the last {blocks}"
-            ));
-        }
-        if !(self.backbone_lr_factor.is_finite() && self.backbone_lr_factor >= 0.0) {
-            return Err(format!(
-                "the backbone learning-rate factor must be a number ≥ 0, not {}",
-                self.backbone_lr_factor
-            ));
-        }
-        Ok(())
-    }
-
-    /// Index of the first MBConv block that trains.
-    pub fn first_trained_block(&self) -> usize {
-        BLOCKS - self.blocks.unwrap_or(BLOCKS).min(BLOCKS)
-    }
-
-    /// Whether the stem (first convolution and its batch norm) trains.
-    pub fn trains_stem(&self) -> bool {
-        self.blocks.is_none()
-    }
-}
+use crate::config::{FineTune, TrainConfig};
+use crate::error::{Result, TrainError};
 
 /// The network a fine-tuning run starts from, as safetensors bytes: the pretrained backbone of
 /// `config.pretrained` (see [`crate::transfer::load_backbone`]), a new linear head seeded by
@@ -117,7 +61,7 @@ pub async fn initial_weights(
     network.fc = seeded(&device, config.seed, || {
         LinearConfig::new(FEATURES, dataset.classes.len()).init(&device)
     });
-    weights_to_bytes(&Classifier::EfficientnetLite0(network))
+    Ok(weights_to_bytes(&Classifier::EfficientnetLite0(network))?)
 }
 
 /// `model` (an EfficientNet-Lite0 on the training device, weights loaded) set up for the run:
@@ -189,6 +133,7 @@ pub fn step(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::BLOCKS;
 
     #[test]
     fn the_last_blocks_are_counted_from_the_end() {

@@ -1,23 +1,25 @@
-//! Training CNN classifiers with burn: architectures, the training loop, checkpoints, artifacts.
+//! Training CNN classifiers with burn: the training loop, checkpoints, evaluation, ONNX export,
+//! artifacts. The networks themselves are bestiary-networks'.
 
-pub mod arch;
+mod artifact;
 pub mod audit;
 pub mod config;
-pub mod efficientnet;
+pub mod error;
 pub mod eval;
 pub mod export;
 pub mod fine_tune;
-pub mod imagenet_prior;
 pub mod import;
+pub mod input;
+pub mod metrics;
 pub mod report;
-pub mod stored;
+pub mod run;
 pub mod trainer;
 pub mod transfer;
 
-pub use arch::{ArchitectureConfig, Classifier};
+pub use bestiary_networks::{ArchitectureConfig, Classifier};
 pub use config::{OptimizerKind, Schedule, TrainConfig};
+pub use error::TrainError;
 pub use eval::{EvalReport, EvalSplit, Predictions, evaluate};
-pub use trainer::{
-    EpochMetrics, PartialEpoch, Resume, RunOptions, RunState, Silent, TrainError, TrainObserver,
-    TrainOutcome, train, train_with,
-};
+pub use metrics::EpochMetrics;
+pub use run::{PartialEpoch, Resume, RunOptions, RunState, Silent, TrainObserver, TrainOutcome};
+pub use trainer::{train, train_with};

@@ -7,7 +7,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::eval::EvalReport;
-use crate::trainer::EpochMetrics;
+use crate::metrics::EpochMetrics;
 
 const BLUE: RGBColor = RGBColor(37, 99, 235);
 const ORANGE: RGBColor = RGBColor(234, 88, 12);

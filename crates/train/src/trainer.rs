@@ -3,9 +3,13 @@
 
 use std::time::Instant;
 
-use bestiary_dataset::transform::{AugmentConfig, Normalization};
-use bestiary_dataset::{Batch, Dataset, ImageCache, Loader, LoaderConfig, SkippedFile};
-use bestiary_model::{DatasetInfo, InputSpec, ModelMetadata, ModelRepository};
+use bestiary_dataset::transform::AugmentConfig;
+use bestiary_dataset::{Batch, Dataset, ImageCache, Loader, LoaderConfig};
+use bestiary_model::ModelRepository;
+use bestiary_networks::arch::{param_ids, with_param_ids};
+use bestiary_networks::device::training_device;
+use bestiary_networks::weights::{weights_from_bytes, weights_to_bytes};
+use bestiary_networks::{ArchitectureConfig, Classifier};
 use bestiary_storage::Store;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{
@@ -13,179 +17,17 @@ use burn::optim::{
     momentum::MomentumConfig,
 };
 use burn::prelude::*;
-use burn::store::{ModuleSnapshot, SafetensorsStore};
-use serde::{Deserialize, Serialize};
 
-use crate::arch::{ArchitectureConfig, Classifier, param_ids, with_param_ids};
+use crate::artifact::store_version;
 use crate::config::{OptimizerKind, TrainConfig};
-use crate::eval::{EvalReport, predict_weights};
-use crate::export::export_onnx;
-use crate::report::render_html;
-use bestiary_model::calibration::{self, DEFAULT_ACCEPTANCE};
-
-/// Crop kept by the evaluation transform (the usual 224/256).
-pub const CROP_FRACTION: f32 = 0.875;
-
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error(transparent)]
-    Storage(#[from] bestiary_storage::StorageError),
-    #[error(transparent)]
-    Model(#[from] bestiary_model::ModelError),
-    #[error("checkpoint: {0}")]
-    Checkpoint(String),
-    /// Stopped on request (SIGTERM, Ctrl-C) after saving a checkpoint mid-epoch.
-    #[error("interrupted; the run was saved in {checkpoint} and continues with --resume")]
-    Interrupted { checkpoint: String },
-    #[error("{0}")]
-    Invalid(String),
-}
-
-pub type Result<T, E = TrainError> = std::result::Result<T, E>;
-
-/// Figures of one epoch; one JSON line each in `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    pub epoch: usize,
-    pub train_loss: f64,
-    pub train_accuracy: f64,
-    pub validation_loss: Option<f64>,
-    pub validation_accuracy: Option<f64>,
-    pub learning_rate: f64,
-    pub images_per_second: f64,
-    pub seconds: f64,
-}
-
-/// What a run has done so far: written last in every checkpoint, so that it always describes
-/// files that are complete.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunState {
-    pub config: TrainConfig,
-    pub classes: Vec<String>,
-    pub dataset_fingerprint: String,
-    /// Epochs finished (the next epoch to run).
-    pub epochs_done: usize,
-    pub best_epoch: Option<usize>,
-    pub best_accuracy: Option<f64>,
-    pub history: Vec<EpochMetrics>,
-    /// The epoch in progress when the run was interrupted, whose weights and optimizer state
-    /// are saved under its number; `None` when the checkpoint is at an epoch boundary.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partial: Option<PartialEpoch>,
-    /// Ids of the network's parameters, in visiting order, when the checkpoint was written.
-    /// burn keys optimizer state by parameter id and draws fresh ids for every network it
-    /// builds, so a resumed network takes these ids back — else its optimizer state (Adam's
-    /// moments, SGD's momentum) would silently start from zero.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub param_ids: Vec<u64>,
-}
-
-/// How far an interrupted epoch got: its first `batches_done` batches are trained, and the sums
-/// its metrics are made of so far. The loader gives the same batches in the same order for a
-/// seed and epoch, so a resumed run skips those batches and goes on as if never stopped.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PartialEpoch {
-    pub epoch: usize,
-    pub batches_done: usize,
-    pub loss_sum: f64,
-    pub seen: usize,
-    pub right: usize,
-    pub seconds: f64,
-}
-
-impl RunState {
-    /// The state of a run that has not finished an epoch yet.
-    pub fn new(config: &TrainConfig, dataset: &Dataset) -> Self {
-        Self {
-            config: config.clone(),
-            classes: dataset.classes.clone(),
-            dataset_fingerprint: dataset.fingerprint(),
-            epochs_done: 0,
-            best_epoch: None,
-            best_accuracy: None,
-            history: Vec::new(),
-            partial: None,
-            param_ids: Vec::new(),
-        }
-    }
-}
-
-/// Hears about progress: the CLI draws bars from it, tests ignore it.
-pub trait TrainObserver: Send {
-    fn epoch_started(&mut self, _epoch: usize, _epochs: usize, _batches: usize) {}
-    fn batch_finished(&mut self, _loss: f64, _accuracy: f64, _images_per_second: f64) {}
-    fn epoch_finished(&mut self, _metrics: &EpochMetrics) {}
-    /// Stops after the current epoch when true (tests use it to simulate an interruption).
-    fn should_stop(&self) -> bool {
-        false
-    }
-    /// Checked after every batch: when true, the run saves a mid-epoch checkpoint and ends with
-    /// [`TrainError::Interrupted`] (SIGTERM from SageMaker's StopTrainingJob or a spot
-    /// reclaim, Ctrl-C).
-    fn interrupted(&self) -> bool {
-        false
-    }
-}
-
-/// An observer that ignores everything.
-pub struct Silent;
-impl TrainObserver for Silent {}
+use crate::error::{Result, TrainError};
+use crate::input::input_spec_for;
+use crate::metrics::{EpochMetrics, correct, metrics_lines};
+use crate::run::{PartialEpoch, Resume, RunOptions, RunState, TrainObserver, TrainOutcome};
 
 /// Where a run keeps its checkpoints by default: `<out>/<name>/training/`.
 fn run_folder(repository: &ModelRepository, name: &str) -> Result<Store> {
     Ok(repository.store().child(&format!("{name}/training"))?)
-}
-
-/// Whether a run continues from a checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Resume {
-    /// Start over, replacing any old checkpoint.
-    #[default]
-    No,
-    /// Continue from the checkpoint; its absence is an error (`--resume`).
-    Required,
-    /// Continue when a checkpoint exists, else start (a restarted SageMaker spot job).
-    IfPresent,
-}
-
-/// How a run is kept: whether it resumes, and where its checkpoints live.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    pub resume: Resume,
-    /// The checkpoint folder; default `<out>/<name>/training/` (SageMaker: /opt/ml/checkpoints,
-    /// which it syncs to S3, so the model artifact does not carry them).
-    pub checkpoints: Option<Store>,
-}
-
-/// The result of a finished run.
-#[derive(Debug, Clone)]
-pub struct TrainOutcome {
-    pub metadata: ModelMetadata,
-    pub version_url: String,
-    pub state: RunState,
-    pub bad_files: Vec<SkippedFile>,
-}
-
-/// Input preprocessing of a run's network: EfficientNet-Lite0 keeps its ImageNet recipe (224 px,
-/// (x − 127) / 128); the networks trained from scratch use [`input_spec`].
-pub fn input_spec_for(config: &TrainConfig) -> InputSpec {
-    match config.architecture {
-        ArchitectureConfig::EfficientnetLite0 { .. } => InputSpec {
-            image_size: crate::efficientnet::IMAGE_SIZE as u32,
-            normalization: Normalization::efficientnet_lite(),
-            crop_fraction: CROP_FRACTION,
-        },
-        _ => input_spec(config.image_size),
-    }
-}
-
-/// Input preprocessing of the networks trained from scratch.
-pub fn input_spec(image_size: u32) -> InputSpec {
-    InputSpec {
-        image_size,
-        normalization: Normalization::imagenet(),
-        crop_fraction: CROP_FRACTION,
-    }
 }
 
 /// Trains `config` on `dataset` and stores the best epoch as a new version of `name`.
@@ -350,153 +192,6 @@ pub async fn train_with(
     .await
 }
 
-/// Stores the best weights of a finished run as a new version of `name`: weights, their ONNX
-/// graph, the metrics history, the validation report and model.json, then `latest`.
-pub(crate) async fn store_version(
-    repository: &ModelRepository,
-    name: &str,
-    dataset: &Dataset,
-    state: RunState,
-    best_weights: Vec<u8>,
-    cache: Option<ImageCache>,
-    bad_files: Vec<SkippedFile>,
-) -> Result<TrainOutcome> {
-    let mut version = repository.begin(name)?;
-    let mut metadata = ModelMetadata::new(
-        name,
-        &state.config.architecture.name(),
-        dataset.classes.clone(),
-        input_spec_for(&state.config),
-    );
-    metadata.version = version.version.clone();
-    let best_model = weights_from_bytes(
-        state
-            .config
-            .architecture
-            .init(dataset.classes.len(), &Device::flex()),
-        best_weights.clone(),
-    )?;
-    let onnx = export_onnx(&best_model.valid(), &metadata)
-        .map_err(|e| TrainError::Invalid(format!("ONNX export failed: {e}")))?;
-    version
-        .put("weights.safetensors", best_weights.clone())
-        .await?;
-    version.put("model.onnx", onnx).await?;
-    version
-        .put("metrics.jsonl", metrics_lines(&state.history))
-        .await?;
-    metadata.architecture_config =
-        serde_json::to_value(&state.config.architecture).expect("architecture serialises");
-    metadata.training = serde_json::to_value(&state.config).expect("config serialises");
-    metadata.dataset = Some(DatasetInfo {
-        url: dataset.url.clone(),
-        fingerprint: state.dataset_fingerprint.clone(),
-        train: dataset.train.len(),
-        validation: dataset.validation.len(),
-    });
-    if let Some(best) = state
-        .best_epoch
-        .and_then(|e| state.history.iter().find(|m| m.epoch == e))
-    {
-        metadata
-            .metrics
-            .insert("best_epoch".into(), best.epoch as f64);
-        metadata
-            .metrics
-            .insert("train_loss".into(), best.train_loss);
-        metadata
-            .metrics
-            .insert("train_accuracy".into(), best.train_accuracy);
-        if let (Some(loss), Some(accuracy)) = (best.validation_loss, best.validation_accuracy) {
-            metadata.metrics.insert("validation_loss".into(), loss);
-            metadata
-                .metrics
-                .insert("validation_accuracy".into(), accuracy);
-        }
-    }
-    // The best model's evaluation on the validation photos, in the version it describes, with
-    // the temperature and the "unknown" threshold fitted on those photos' logits.
-    if !dataset.validation.is_empty() {
-        let (predictions, unreadable) = predict_weights(
-            &state.config.architecture,
-            best_weights.clone(),
-            &metadata,
-            dataset.validation.clone(),
-            dataset.stores.clone(),
-            cache.clone(),
-        )
-        .await?;
-        // A head with an ImageNet prior keeps in its logits how little any class matched; the
-        // energy score reads that, max-softmax normalises it away (see `calibration::fit_with`).
-        let method = match state.config.architecture {
-            ArchitectureConfig::EfficientnetLite0 {
-                imagenet_prior: true,
-            } => calibration::ENERGY,
-            _ => calibration::MAX_SOFTMAX,
-        };
-        metadata.calibration = calibration::fit_with(
-            &predictions.logits,
-            &predictions.labels,
-            DEFAULT_ACCEPTANCE,
-            method,
-        );
-        let report = EvalReport::from_predictions(
-            &metadata.name,
-            &metadata.version,
-            &dataset.url,
-            &metadata.classes,
-            &predictions,
-            unreadable,
-            metadata.calibration.as_ref(),
-        );
-        if let Some(calibration) = &metadata.calibration {
-            metadata
-                .metrics
-                .insert("temperature".into(), f64::from(calibration.temperature));
-            metadata
-                .metrics
-                .insert("validation_ece_uncalibrated".into(), calibration.ece_before);
-            metadata
-                .metrics
-                .insert("validation_ece".into(), calibration.ece_after);
-        }
-        version
-            .put("report.html", render_html(&report, &state.history))
-            .await?;
-        version
-            .put(
-                "eval.json",
-                serde_json::to_vec_pretty(&report).expect("report serialises"),
-            )
-            .await?;
-        metadata
-            .metrics
-            .insert("validation_top1".into(), report.top1);
-    }
-    metadata
-        .metrics
-        .insert("epochs".into(), state.epochs_done as f64);
-    metadata
-        .metrics
-        .insert("bad_files".into(), bad_files.len() as f64);
-    let version_url = version.url();
-    let metadata = version.commit(metadata).await?;
-    Ok(TrainOutcome {
-        metadata,
-        version_url,
-        state,
-        bad_files,
-    })
-}
-
-fn metrics_lines(history: &[EpochMetrics]) -> Vec<u8> {
-    history
-        .iter()
-        .map(|m| serde_json::to_string(m).expect("metrics serialise") + "\n")
-        .collect::<String>()
-        .into_bytes()
-}
-
 async fn read_state(run: &Store) -> Result<Option<RunState>> {
     match run.get("state.json").await {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
@@ -543,26 +238,6 @@ fn optimizer_file(epoch: usize) -> String {
     format!("epoch-{epoch:04}.optimizer")
 }
 
-/// Serialises a model's weights as safetensors.
-pub fn weights_to_bytes(model: &Classifier) -> Result<Vec<u8>> {
-    let mut store = SafetensorsStore::from_bytes(None);
-    model
-        .save_into(&mut store)
-        .map_err(|e| TrainError::Checkpoint(format!("cannot serialise weights: {e}")))?;
-    store
-        .get_bytes()
-        .map_err(|e| TrainError::Checkpoint(format!("cannot serialise weights: {e}")))
-}
-
-/// Loads safetensors weights into a freshly initialised model of the same architecture.
-pub fn weights_from_bytes(mut model: Classifier, bytes: Vec<u8>) -> Result<Classifier> {
-    let mut store = SafetensorsStore::from_bytes(Some(bytes));
-    model
-        .load_from(&mut store)
-        .map_err(|e| TrainError::Checkpoint(format!("cannot load weights: {e}")))?;
-    Ok(model)
-}
-
 fn new_optimizer(config: &TrainConfig) -> ModuleOptimizer {
     match config.optimizer {
         OptimizerKind::AdamW => AdamWConfig::new()
@@ -582,16 +257,6 @@ fn new_optimizer(config: &TrainConfig) -> ModuleOptimizer {
     }
 }
 
-/// The device training runs on: burn's Flex CPU backend, or CUDA when built with `cuda` and
-/// `BESTIARY_DEVICE=cuda`.
-pub fn training_device() -> Device {
-    #[cfg(feature = "cuda")]
-    if std::env::var("BESTIARY_DEVICE").as_deref() == Ok("cuda") {
-        return Device::cuda(0).autodiff();
-    }
-    Device::flex().autodiff()
-}
-
 fn images_tensor(batch: &Batch, device: &Device) -> Tensor<4> {
     let size = batch.image_size as usize;
     Tensor::from_data(
@@ -603,17 +268,6 @@ fn images_tensor(batch: &Batch, device: &Device) -> Tensor<4> {
 fn labels_tensor(batch: &Batch, device: &Device) -> Tensor<1, Int> {
     let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
     Tensor::from_data(TensorData::new(labels, [batch.len()]), device)
-}
-
-/// How many rows of `logits` have their largest value at the row's label.
-pub(crate) fn correct(logits: &Tensor<2>, labels: impl IntoIterator<Item = usize>) -> usize {
-    let values: Vec<f32> = logits.to_data().try_to_vec().expect("logits are f32");
-    let [_, classes] = logits.dims();
-    values
-        .chunks(classes.max(1))
-        .zip(labels)
-        .filter(|(row, label)| crate::eval::argmax(row) == *label)
-        .count()
 }
 
 #[allow(clippy::too_many_arguments)]

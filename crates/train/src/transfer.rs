@@ -7,6 +7,13 @@ use std::time::Instant;
 
 use bestiary_dataset::{Dataset, ImageCache, Loader, LoaderConfig, Sample, SkippedFile};
 use bestiary_model::ModelRepository;
+use bestiary_networks::arch::seeded;
+use bestiary_networks::device::training_device;
+use bestiary_networks::efficientnet::{CLASSES as IMAGENET_CLASSES, EfficientNetLite0, FEATURES};
+use bestiary_networks::imagenet_prior::ImagenetPrior;
+use bestiary_networks::stored::StoredModel;
+use bestiary_networks::weights::weights_to_bytes;
+use bestiary_networks::{ArchitectureConfig, Classifier};
 use bestiary_storage::{Store, StoreOptions};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig};
@@ -16,15 +23,12 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use crate::arch::{ArchitectureConfig, Classifier, seeded};
+use crate::artifact::store_version;
 use crate::config::TrainConfig;
-use crate::efficientnet::{CLASSES as IMAGENET_CLASSES, EfficientNetLite0, FEATURES};
-use crate::imagenet_prior::ImagenetPrior;
-use crate::stored::StoredModel;
-use crate::trainer::{
-    EpochMetrics, Result, Resume, RunState, TrainError, TrainObserver, TrainOutcome, correct,
-    input_spec_for, store_version, training_device, weights_to_bytes,
-};
+use crate::error::{Result, TrainError};
+use crate::input::input_spec_for;
+use crate::metrics::{EpochMetrics, correct};
+use crate::run::{Resume, RunState, TrainObserver, TrainOutcome};
 
 /// Where `bestiary import efficientnet-lite0` puts the ImageNet model by default.
 const IMPORTED_NAME: &str = "efficientnet-lite0";

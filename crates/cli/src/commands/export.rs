@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use bestiary_model::ModelRepository;
 use bestiary_model::onnx::describe;
 use bestiary_model::onnx::fp16::with_fp16_weights;
+use bestiary_networks::stored::StoredModel;
 use bestiary_storage::Store;
 use bestiary_train::export::export_onnx;
-use bestiary_train::stored::StoredModel;
 
 use crate::args::{ExportArgs, GlobalArgs};
 

@@ -6,13 +6,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bestiary_dataset::ImageCache;
 use bestiary_model::ModelRepository;
+use bestiary_networks::ArchitectureConfig;
+use bestiary_networks::imagenet_prior::ImagenetPriorConfig;
 use bestiary_storage::Store;
-use bestiary_train::fine_tune::FineTune;
-use bestiary_train::imagenet_prior::ImagenetPriorConfig;
-use bestiary_train::trainer::input_spec_for;
+use bestiary_train::config::FineTune;
+use bestiary_train::input::input_spec_for;
 use bestiary_train::{
-    ArchitectureConfig, EpochMetrics, OptimizerKind, Resume, RunOptions, Schedule, TrainConfig,
-    TrainError, TrainObserver, train_with,
+    EpochMetrics, OptimizerKind, Resume, RunOptions, Schedule, TrainConfig, TrainError,
+    TrainObserver, train_with,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{ort_available, train_parts};
 use bestiary_engine::{EngineKind, EngineOptions, LoadedModel};
-use bestiary_train::ArchitectureConfig;
+use bestiary_networks::ArchitectureConfig;
 
 #[test]
 #[ignore = "a benchmark: run explicitly"]

@@ -31,6 +31,11 @@ const PRODUCER_NAME: &str = "bestiary";
 /// The symbolic batch dimension, so one exported file serves any batch size.
 const BATCH_DIM: &str = "N";
 
+/// Name of the class activation maps output of an exported classifier: float32
+/// `[N, classes, h, w]`, the head applied to every position of the last feature map, so that its
+/// spatial mean is `logits` exactly. The exporter (bestiary-train) writes it, the engines read it.
+pub const CLASS_ACTIVATION: &str = "class_activation";
+
 /// Why a graph could not be exported.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ExportError {

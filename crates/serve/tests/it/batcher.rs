@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use crate::common::Models;
 use bestiary_dataset::decode::DecodeLimits;
+use bestiary_networks::ArchitectureConfig;
 use bestiary_serve::ServedModel;
 use bestiary_serve::batcher::{BatchSettings, Batcher};
 use bestiary_serve::usage::Usage;
-use bestiary_train::ArchitectureConfig;
 
 /// `version` of the test model, ready to submit to a batcher.
 async fn served(models: &Models, version: &str) -> Arc<ServedModel> {

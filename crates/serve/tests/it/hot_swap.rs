@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::{CLASSES, Harness, photo_bytes};
-use bestiary_train::ArchitectureConfig;
+use bestiary_networks::ArchitectureConfig;
 use image::ImageFormat;
 
 const CLIENTS: usize = 6;

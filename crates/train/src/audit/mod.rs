@@ -21,14 +21,14 @@ use std::time::Instant;
 use bestiary_dataset::{Dataset, ImageCache, Sample, SkippedFile};
 use bestiary_model::calibration::{self, Calibration, softmax_at};
 use bestiary_model::{ModelRepository, resolve};
+use bestiary_networks::efficientnet::{EfficientNetLite0, FEATURES};
+use bestiary_networks::stored::StoredModel;
+use bestiary_networks::{ArchitectureConfig, Classifier};
 use bestiary_storage::{Store, StoreOptions};
 use burn::prelude::*;
 
-use crate::arch::{ArchitectureConfig, Classifier};
 use crate::config::{OptimizerKind, Schedule, TrainConfig};
-use crate::efficientnet::{EfficientNetLite0, FEATURES};
-use crate::stored::StoredModel;
-use crate::trainer::{Result, TrainError};
+use crate::error::{Result, TrainError};
 use crate::transfer::{FeatureCache, decode_cache, encode_cache, features, load_backbone};
 
 use self::cross_validation::{accuracy, argmax, out_of_fold};
@@ -100,7 +100,7 @@ pub fn head_recipe(seed: u64) -> TrainConfig {
         .expect("efficientnet-lite0 is an architecture");
     serde_json::from_value(serde_json::json!({
         "architecture": architecture,
-        "image_size": crate::efficientnet::IMAGE_SIZE,
+        "image_size": bestiary_networks::efficientnet::IMAGE_SIZE,
         "epochs": 30,
         "batch_size": 32,
         "learning_rate": 5e-3,

@@ -11,7 +11,7 @@ use bestiary_storage::Store;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::trainer::Result;
+use crate::error::Result;
 
 /// Name of the photo facts cache in the work folder.
 pub const PHOTO_CACHE: &str = "photos.json";

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use bestiary_train::efficientnet::{CLASSES, EfficientNetLite0, FEATURES, IMAGE_SIZE};
+use bestiary_networks::efficientnet::{CLASSES, EfficientNetLite0, FEATURES, IMAGE_SIZE};
 use bestiary_train::export::export_efficientnet_onnx;
 use burn::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -152,9 +152,9 @@ fn a_state_dict_with_an_unknown_tensor_is_refused() {
 
 #[test]
 fn a_network_with_an_imagenet_prior_exports_the_same_logits_and_reloads_whole() {
-    use bestiary_train::arch::{ArchitectureConfig, Classifier};
-    use bestiary_train::imagenet_prior::ImagenetPrior;
-    use bestiary_train::trainer::{weights_from_bytes, weights_to_bytes};
+    use bestiary_networks::arch::{ArchitectureConfig, Classifier};
+    use bestiary_networks::imagenet_prior::ImagenetPrior;
+    use bestiary_networks::weights::{weights_from_bytes, weights_to_bytes};
     use burn::nn::LinearConfig;
 
     // Random weights suffice: the test is about the prior's arithmetic in burn and in ONNX.
@@ -198,7 +198,7 @@ fn a_network_with_an_imagenet_prior_exports_the_same_logits_and_reloads_whole() 
         "m",
         "efficientnet-lite0",
         vec!["dog".into(), "cat".into(), "horse".into()],
-        bestiary_train::trainer::input_spec(IMAGE_SIZE as u32),
+        bestiary_train::input::input_spec(IMAGE_SIZE as u32),
     );
     let classifier = Classifier::EfficientnetLite0(model);
     let onnx = bestiary_train::export::export_onnx(&classifier, &metadata).unwrap();

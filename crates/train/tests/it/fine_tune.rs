@@ -12,13 +12,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::common::config;
 use bestiary_dataset::{Dataset, DatasetOptions};
 use bestiary_model::ModelRepository;
+use bestiary_networks::efficientnet::{EfficientNetLite0, IMAGE_SIZE};
+use bestiary_networks::{ArchitectureConfig, Classifier};
 use bestiary_storage::StoreOptions;
 use bestiary_testkit::photos::write_class_folders;
-use bestiary_train::efficientnet::{EfficientNetLite0, IMAGE_SIZE};
-use bestiary_train::fine_tune::FineTune;
-use bestiary_train::{
-    ArchitectureConfig, Classifier, EpochMetrics, Silent, TrainConfig, TrainObserver, train,
-};
+use bestiary_train::config::FineTune;
+use bestiary_train::{EpochMetrics, Silent, TrainConfig, TrainObserver, train};
 use burn::prelude::*;
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
 
@@ -45,7 +44,7 @@ fn pretrained_file(scratch: &Path) -> PathBuf {
         reference.display()
     );
     let device = Device::flex();
-    let network = bestiary_train::arch::seeded(&device, 11, || EfficientNetLite0::new(&device));
+    let network = bestiary_networks::arch::seeded(&device, 11, || EfficientNetLite0::new(&device));
     let mut store = SafetensorsStore::from_bytes(None).with_to_adapter(BurnToPyTorchAdapter);
     network.save_into(&mut store).unwrap();
     let path = scratch.join("efficientnet_lite0.safetensors");
@@ -117,7 +116,7 @@ fn stored_network(version: &Path) -> EfficientNetLite0 {
         imagenet_prior: false,
     }
     .init(3, &Device::flex());
-    match bestiary_train::trainer::weights_from_bytes(blank, bytes).unwrap() {
+    match bestiary_networks::weights::weights_from_bytes(blank, bytes).unwrap() {
         Classifier::EfficientnetLite0(network) => network,
         _ => unreachable!("an EfficientNet-Lite0 was stored"),
     }

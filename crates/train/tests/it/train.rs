@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::common::config;
 use bestiary_dataset::{Dataset, DatasetOptions, ImageCache};
 use bestiary_model::ModelRepository;
+use bestiary_networks::ArchitectureConfig;
 use bestiary_storage::StoreOptions;
 use bestiary_testkit::photos::write_class_folders;
 use bestiary_train::{
-    ArchitectureConfig, EpochMetrics, Resume, RunOptions, Silent, TrainError, TrainObserver, train,
-    train_with,
+    EpochMetrics, Resume, RunOptions, Silent, TrainError, TrainObserver, train, train_with,
 };
 
 async fn dataset(dir: &std::path::Path) -> Dataset {
@@ -258,7 +258,7 @@ fn exported_onnx_agrees_with_burn() {
             "m",
             &architecture.name(),
             vec!["a".into(), "b".into(), "c".into(), "d".into()],
-            bestiary_train::trainer::input_spec(size as u32),
+            bestiary_train::input::input_spec(size as u32),
         );
         let onnx = export_onnx(&model, &metadata).unwrap();
         let actual = run_onnx(&onnx, input, 2, size);

@@ -4,9 +4,10 @@
 use crate::common::config;
 use bestiary_dataset::{Dataset, DatasetOptions};
 use bestiary_model::ModelRepository;
+use bestiary_networks::ArchitectureConfig;
 use bestiary_storage::StoreOptions;
 use bestiary_testkit::photos::write_class_folders;
-use bestiary_train::{ArchitectureConfig, Silent, train};
+use bestiary_train::{Silent, train};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_head_on_the_pretrained_backbone_learns_and_is_stored_whole() {

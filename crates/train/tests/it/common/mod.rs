@@ -1,6 +1,7 @@
 //! What the training tests share: the tiny network and settings they train with.
 
-use bestiary_train::{ArchitectureConfig, OptimizerKind, Schedule, TrainConfig};
+use bestiary_networks::ArchitectureConfig;
+use bestiary_train::{OptimizerKind, Schedule, TrainConfig};
 
 /// A network small enough to train in well under a second on 40×40 generated photos.
 pub fn config(epochs: usize) -> TrainConfig {

@@ -5,7 +5,8 @@ use bestiary_storage::StoreOptions;
 use burn::prelude::*;
 
 use crate::arch::{ArchitectureConfig, Classifier};
-use crate::trainer::{Result, TrainError, weights_from_bytes};
+use crate::error::{NetworkError, Result};
+use crate::weights::weights_from_bytes;
 
 /// One version of a model, read from its store.
 pub struct StoredModel {
@@ -26,7 +27,7 @@ impl StoredModel {
             metadata.architecture_config.clone(),
         )
         .map_err(|e| {
-            TrainError::Invalid(format!(
+            NetworkError::Invalid(format!(
                 "model {name} {version} has no architecture this bestiary can rebuild ({}): {e}",
                 metadata.architecture
             ))
