@@ -16,7 +16,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import common, machine, report  # noqa: E402
-from harness import fig_accuracy, fig_bulk, fig_engine, fig_peak, fig_server, fig_training, fig_transfer, fig_trust  # noqa: E402
+from harness import fig_accuracy, fig_bulk, fig_conv, fig_engine, fig_peak, fig_server, fig_training, fig_transfer, fig_trust  # noqa: E402
 from harness.common import BESTIARY, RESULTS, ROOT, WORK, log  # noqa: E402
 
 FIGURES = {
@@ -27,6 +27,7 @@ FIGURES = {
     "server": fig_server.figure,
     "bulk": fig_bulk.figure,
     "trust": fig_trust.figure,
+    "conv": fig_conv.figure,
 }
 
 
@@ -89,6 +90,7 @@ def main():
     try:
         log("figure 7: fp32 matmul peak")
         results["peak"] = fig_peak.measure(cfg)
+        ctx["peak"] = results["peak"]
     except Exception as error:  # noqa: BLE001
         results["errors"]["peak"] = str(error)
     folder = os.path.join(WORK, "results-quick") if cfg.quick else RESULTS

@@ -322,6 +322,43 @@ pub enum BenchCommand {
     ///
     /// Example: bestiary bench engine --model builtin --engine tract --batch-size 32
     Engine(BenchEngineArgs),
+    /// Seconds and GFLOP/s of each convolution layer of a network, forward and both backward
+    /// passes, by Bestiary's kernels and by burn-flex's route without them (figure 9 of
+    /// `bench/run` adds PyTorch).
+    ///
+    /// Example: bestiary bench conv --arch resnet18 --image-size 128 --batch 32
+    Conv(BenchConvArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchConvArgs {
+    /// The network whose layers are timed: seed-cnn, resnet18, resnet34.
+    #[arg(long, env = "BESTIARY_ARCH", default_value = "seed-cnn")]
+    pub arch: String,
+
+    /// Seed CNN: channels of the first block.
+    #[arg(long, env = "BESTIARY_WIDTH", default_value_t = 32)]
+    pub width: usize,
+
+    /// Seed CNN: number of conv blocks.
+    #[arg(long, env = "BESTIARY_DEPTH", default_value_t = 4)]
+    pub depth: usize,
+
+    /// Input side in pixels.
+    #[arg(long, env = "BESTIARY_IMAGE_SIZE", default_value_t = 128)]
+    pub image_size: usize,
+
+    /// Images per batch.
+    #[arg(long, env = "BESTIARY_BATCH_SIZE", default_value_t = 32)]
+    pub batch: usize,
+
+    /// Timed runs of each pass (the median is reported), after one warm-up run.
+    #[arg(long, env = "BESTIARY_BENCH_REPEATS", default_value_t = 5)]
+    pub repeats: usize,
+
+    /// Print the result as JSON.
+    #[arg(long, env = "BESTIARY_JSON")]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

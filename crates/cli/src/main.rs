@@ -71,6 +71,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Loader(args)) => commands::bench::loader(global, args).await,
         Command::Bench(BenchCommand::Engine(args)) => commands::bench::engine(global, args).await,
+        Command::Bench(BenchCommand::Conv(args)) => commands::bench::conv(args).await,
         Command::Train(args) => commands::train::train(global, *args).await,
         Command::Eval(args) => commands::eval::eval(global, args).await,
         Command::Export(args) => commands::export::export(global, args).await,

@@ -1,5 +1,6 @@
 //! The networks Bestiary trains from scratch: the seed CNN of the system it replaces, and
-//! ResNet-18/34 with batch normalisation.
+//! ResNet-18/34 with batch normalisation. Their convolutions and batch norms run through
+//! [`crate::conv`] and [`crate::norm`].
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
@@ -8,6 +9,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::efficientnet::EfficientNetLite0;
+use crate::{conv, norm};
 
 /// Which network, with its settings, as stored in `model.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,12 +170,13 @@ impl ConvBnRelu {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.relu.forward(self.norm.forward(self.conv.forward(x)))
+        self.relu
+            .forward(norm::forward(&self.norm, conv::forward(&self.conv, x)))
     }
 
     /// Convolution and batch norm without the ReLU (the last unit of a residual branch).
     fn forward_linear(&self, x: Tensor<4>) -> Tensor<4> {
-        self.norm.forward(self.conv.forward(x))
+        norm::forward(&self.norm, conv::forward(&self.conv, x))
     }
 }
 

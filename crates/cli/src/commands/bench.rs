@@ -1,5 +1,5 @@
-//! `bestiary bench`: Bestiary's own speed figures: the data loader, and each inference engine
-//! (the Bestiary side of `bench/run`'s engine figure).
+//! `bestiary bench`: Bestiary's own speed figures: the data loader, each inference engine (the
+//! Bestiary side of `bench/run`'s engine figure) and each convolution layer (figure 9).
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -8,7 +8,7 @@ use bestiary_dataset::transform::AugmentConfig;
 use bestiary_dataset::{Dataset, ImageCache, Loader, LoaderConfig};
 use serde::Serialize;
 
-use crate::args::{BenchEngineArgs, BenchLoaderArgs, GlobalArgs};
+use crate::args::{BenchConvArgs, BenchEngineArgs, BenchLoaderArgs, GlobalArgs};
 
 #[derive(Debug, Serialize)]
 struct LoaderBench {
@@ -186,6 +186,90 @@ pub async fn engine(global: &GlobalArgs, args: BenchEngineArgs) -> anyhow::Resul
             result.p99_batch_ms,
             result.iterations,
             result.load_seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Times every distinct convolution of a network, each pass by both routes, on the rayon pool
+/// (`RAYON_NUM_THREADS` threads, as in training).
+pub async fn conv(args: BenchConvArgs) -> anyhow::Result<ExitCode> {
+    use bestiary_networks::ArchitectureConfig;
+    use bestiary_networks::conv::ConvGeometry;
+    use bestiary_networks::conv::bench::{Pass, Route, network_layers, time_pass};
+    anyhow::ensure!(
+        args.batch > 0 && args.image_size > 0 && args.repeats > 0,
+        "--batch, --image-size and --repeats must be positive"
+    );
+    let network = ArchitectureConfig::from_name(&args.arch, args.width, args.depth)
+        .map_err(anyhow::Error::msg)?;
+    let report = tokio::task::spawn_blocking(move || {
+        let layers = network_layers(&network, 10, args.image_size, args.batch);
+        let timed: Vec<serde_json::Value> = layers
+            .iter()
+            .map(|layer| {
+                let call = &layer.call;
+                let geometry = ConvGeometry::new(call.x, call.weight, &call.options);
+                let times = |route| {
+                    let entries = Pass::ALL
+                        .map(|pass| (pass.name(), time_pass(call, route, pass, args.repeats)));
+                    serde_json::Map::from_iter(entries.map(|(k, v)| (k.to_string(), v.into())))
+                };
+                serde_json::json!({
+                    "x": call.x,
+                    "weight": call.weight,
+                    "stride": call.options.stride,
+                    "padding": call.options.padding,
+                    "dilation": call.options.dilation,
+                    "groups": call.options.groups,
+                    "count": layer.count,
+                    "first": layer.first,
+                    "gflop": geometry.flops() / 1e9,
+                    "bestiary": times(Route::Bestiary),
+                    "burn": times(Route::Burn),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "arch": network.name(),
+            "image_size": args.image_size,
+            "batch": args.batch,
+            "threads": rayon::current_num_threads(),
+            "layers": timed,
+        })
+    })
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} at {} px, batch {}, {} threads: GFLOP/s per layer, Bestiary kernels / burn-flex route",
+        report["arch"], args.image_size, args.batch, report["threads"]
+    );
+    for layer in report["layers"].as_array().into_iter().flatten() {
+        let gflop = layer["gflop"].as_f64().unwrap_or(0.0);
+        let rate = |route: &str, pass: Pass| {
+            gflop / layer[route][pass.name()].as_f64().unwrap_or(f64::NAN)
+        };
+        let passes: Vec<String> = Pass::ALL
+            .iter()
+            .map(|&pass| {
+                format!(
+                    "{} {:.1} / {:.1}",
+                    pass.name(),
+                    rate("bestiary", pass),
+                    rate("burn", pass)
+                )
+            })
+            .collect();
+        println!(
+            "  x {} w {} stride {} (×{}): {}",
+            layer["x"],
+            layer["weight"],
+            layer["stride"],
+            layer["count"],
+            passes.join(", ")
         );
     }
     Ok(ExitCode::SUCCESS)
