@@ -8,7 +8,7 @@ the network runs it and leave out the first layer's input gradient, which traini
 import json
 import os
 
-from .common import BESTIARY, WORK, Contender, alternate, peer, row, run, side, measurement
+from .common import BESTIARY, WORK, Contender, alternate, measurement, median, peer, row, run
 
 PASSES = ("forward", "input-gradient", "weight-gradient")
 
@@ -69,12 +69,11 @@ def figure(cfg, ctx):
         settings = {"model": arch, "batch_size": batch, "image_size": size, "threads": cfg.threads,
                     "layers": len(shapes.get("layers", [])), "peak_gflops": peak}
 
-        def pick(contender, *keys):
-            out = dict(side(contender))
-            out["samples"] = [s[keys[0]][keys[1]] for s in contender.samples]
-            values = sorted(out["samples"])
-            out["median"] = values[len(values) // 2] if values else None
-            return out
+        def pick(contender, group, key):
+            """One side of a row from the per-round dicts: the samples of `group[key]`."""
+            samples = [s[group][key] for s in contender.samples]
+            return {"name": contender.name, "samples": samples, "median": median(samples),
+                    "error": contender.errors[0] if contender.errors else None}
 
         for name in (*PASSES, "step"):
             ours, torch_side = pick(a, "ours", name), pick(b, "ours", name)

@@ -1,7 +1,9 @@
 """Figure 1: from-scratch training throughput, `bestiary train` against a PyTorch script with the
 same network, optimiser, schedule, augmentation and data (animals10 photos from disk), in
 images per second of the training part of each epoch, the first epoch left out (it includes the
-cold photo cache and warm-up)."""
+cold photo cache and warm-up). A third contender, the same `bestiary train` with
+`BESTIARY_CONV=burn` (burn-flex's convolution and burn's generic backward and batch norm), is
+the "before" of Bestiary's own kernels, in the same run."""
 
 import json
 import os
@@ -42,12 +44,15 @@ def figure(cfg, ctx):
         out = os.path.join(WORK, "train-out")
         cache = os.path.join(WORK, "cache", f"train-{size}")
 
-        def bestiary(_round, arch=arch):
+        def bestiary(_round, arch=arch, env=None):
             shutil.rmtree(out, ignore_errors=True)
             result = run([BESTIARY, "train", "--data", root, "--out", out, "--name", arch, "--arch", arch,
                           "--epochs", epochs, "--batch-size", batch, "--image-size", size,
-                          "--cache-dir", cache, "--json", "--quiet"], env=cfg.bestiary_env)
+                          "--cache-dir", cache, "--json", "--quiet"], env={**cfg.bestiary_env, **(env or {})})
             return steady_rate(result)
+
+        def burn_route(_round, arch=arch):
+            return bestiary(_round, arch, {"BESTIARY_CONV": "burn"})
 
         def pytorch(_round, arch=arch):
             result = peer("torch_train.py", "--train", os.path.join(root, "train"),
@@ -57,12 +62,16 @@ def figure(cfg, ctx):
             return steady_rate(result)
 
         a = Contender("bestiary train", "bestiary", bestiary)
+        before = Contender("bestiary train, burn-flex convolution (BESTIARY_CONV=burn)", "bestiary", burn_route)
         b = Contender(f"PyTorch {ctx['versions']['torch']}", "peer", pytorch)
-        alternate([a, b], cfg.rounds, f"training {arch}")
+        alternate([a, before, b], cfg.rounds, f"training {arch}")
         flops = ctx["flops"](arch, size)
         settings = {"model": arch, "batch_size": batch, "image_size": size, "threads": cfg.threads,
                     "data": f"animals10 ({data.count_images(root, 'train')} train photos, augmentation on)",
                     "epochs": epochs, "optimizer": "AdamW lr 2e-3 wd 1e-4, cosine, label smoothing 0.1"}
         rows.append(row("1 training", f"{arch} from scratch", settings, "training throughput", "img/s",
                         side(a), side(b), gflop_per_image=flops["train_step_gflop"]))
+        rows.append(row("1 training", f"{arch} from scratch, before: burn's convolution", settings,
+                        "training throughput", "img/s", side(before), side(b),
+                        gflop_per_image=flops["train_step_gflop"]))
     return rows
