@@ -1,14 +1,15 @@
 //! The three convolution passes on contiguous f32 NCHW slices, each a few large GEMMs over a
 //! run of images at a time, split over rayon's threads.
 //!
-//! - forward: `Y = W · im2col(X)` per group, bias added in the GEMM's epilogue copy;
+//! - forward: `Y = W · im2col(X)` per group, the bias added to each run's output right after;
 //! - input gradient: `dcol = Wᵀ · dY`, then col2im;
 //! - weight gradient: `dWᵀ = Σ im2col(X) · dYᵀ`, one GEMM per run of images with the reduction
 //!   over all their pixels (not burn's fallback of one thin GEMM per input channel), summed
 //!   over one accumulator per thread.
 //!
 //! Patch matrices live in a per-thread scratch buffer that grows to the largest layer and is
-//! then reused, so a training step allocates nothing here but its outputs.
+//! then reused, so a training step allocates nothing here but its outputs and the weight
+//! gradient's per-worker accumulators.
 
 use std::cell::RefCell;
 
