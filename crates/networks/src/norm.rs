@@ -14,11 +14,13 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Dispatch, DispatchDevice, Flex, backend_extension};
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::nn::BatchNorm;
 use burn::prelude::*;
 use burn::tensor::DType;
 use rayon::prelude::*;
+
+use crate::conv::{contiguous, flex_tensor, runs_on_flex, values};
 
 /// Batch norm in training mode with Bestiary's kernels, as a burn backend extension.
 #[backend_extension(Flex, Autodiff)]
@@ -39,10 +41,7 @@ pub trait NormBackend: Backend {
 pub fn forward(norm: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     let device = x.device();
     let trains = device.is_autodiff() && norm.training.is_enabled();
-    let on_flex = matches!(
-        device.clone().inner().as_dispatch(),
-        DispatchDevice::Flex(_)
-    );
+    let on_flex = runs_on_flex(&device);
     if !(trains && on_flex && x.dtype() == DType::F32 && crate::conv::uses_own_kernels()) {
         return norm.forward(x);
     }
@@ -69,24 +68,6 @@ pub fn forward(norm: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     norm.running_mean.update(running_mean.detach());
     norm.running_var.update(running_var.detach());
     Tensor::from_dispatch(output)
-}
-
-fn contiguous(tensor: FlexTensor) -> FlexTensor {
-    if tensor.as_slice::<f32>().is_some() {
-        tensor
-    } else {
-        tensor.to_contiguous()
-    }
-}
-
-fn values(tensor: &FlexTensor) -> &[f32] {
-    tensor
-        .as_slice::<f32>()
-        .expect("batch-norm kernels take contiguous f32 tensors")
-}
-
-fn flex_tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 /// `(batch, channels, pixels)` of an `[N, C, …]` tensor.

@@ -152,7 +152,8 @@ pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     )
 }
 
-fn runs_on_flex(device: &Device) -> bool {
+/// Whether tensors on `device` live on the Flex backend (with or without autodiff).
+pub(crate) fn runs_on_flex(device: &Device) -> bool {
     matches!(
         device.clone().inner().as_dispatch(),
         DispatchDevice::Flex(_)
@@ -170,7 +171,7 @@ fn dims(tensor: &FlexTensor) -> [usize; 4] {
 }
 
 /// The tensor's f32 values in row-major order, copied only if its layout is a view.
-fn contiguous(tensor: FlexTensor) -> FlexTensor {
+pub(crate) fn contiguous(tensor: FlexTensor) -> FlexTensor {
     if tensor.as_slice::<f32>().is_some() {
         tensor
     } else {
@@ -178,13 +179,13 @@ fn contiguous(tensor: FlexTensor) -> FlexTensor {
     }
 }
 
-fn values(tensor: &FlexTensor) -> &[f32] {
+pub(crate) fn values(tensor: &FlexTensor) -> &[f32] {
     tensor
         .as_slice::<f32>()
-        .expect("conv2d kernels take contiguous f32 tensors")
+        .expect("Bestiary's kernels take contiguous f32 tensors")
 }
 
-fn flex_tensor(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+pub(crate) fn flex_tensor(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
