@@ -215,7 +215,9 @@ impl SeaweedFs {
         Ok(server)
     }
 
-    /// The S3 port answers before the bucket exists, so readiness is a signed listing that works.
+    /// The S3 port answers before the bucket exists, so readiness is a signed listing that works
+    /// and, after a restart, a read of the first object listed: the filer lists keys while its
+    /// volume server is still registering, and reads in that window answer 500.
     fn wait_for_bucket(&mut self, limit: Duration) -> Result<()> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -231,7 +233,12 @@ impl SeaweedFs {
                     self._dir.path().display()
                 );
             }
-            let probe = runtime.block_on(async { store.list("").next().await.transpose() });
+            let probe = runtime.block_on(async {
+                match store.list("").next().await.transpose()? {
+                    Some(first) => store.get(&first.key).await.map(|_| ()),
+                    None => Ok(()),
+                }
+            });
             match probe {
                 Ok(_) => return Ok(()),
                 Err(e) if started.elapsed() > limit => {
