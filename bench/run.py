@@ -39,8 +39,11 @@ def parse():
     p.add_argument("--rounds", type=int, help="alternating rounds per pair (default 3; quick 1)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads each side may use (default: every core)")
     p.add_argument("--cifar-train-per-class", type=int, default=2000, help="figure 2: training photos per class")
-    p.add_argument("--cifar-epochs", type=int, default=5, help="figure 2: epochs of the cosine schedule")
-    p.add_argument("--cifar-target", type=float, default=0.5, help="figure 2: validation accuracy to reach")
+    p.add_argument("--cifar-epochs", type=int, default=10, help="figure 2: epochs of the schedule")
+    p.add_argument("--cifar-target", type=float, default=0.7, help="figure 2: validation accuracy to reach")
+    p.add_argument("--cifar-validation-per-class", type=int, default=200,
+                   help="figure 2: held-out validation photos per class")
+    p.add_argument("--cifar-arch", default="seed-cnn", help="figure 2: network (seed-cnn, resnet18)")
     p.add_argument("--cifar-timeout", type=float, default=3600, help="figure 2: seconds one run may take")
     p.add_argument("--bulk-photos", type=int, default=5000, help="figure 6: photos under the prefix")
     p.add_argument("--omp-wait-policy", choices=["auto", "default", "passive"], default="auto",

@@ -466,39 +466,61 @@ pub struct TrainArgs {
     #[arg(long, env = "BESTIARY_IMAGE_SIZE", default_value_t = 128)]
     pub image_size: u32,
 
+    /// Preset of optimiser, schedule, regularisation and augmentation for training from
+    /// scratch: `standard` (AdamW 2e-3, cosine, label smoothing 0.1, resized crops with colour
+    /// jitter) or `fast` (SGD with Nesterov momentum at 0.05, weight decay 5e-4, triangular
+    /// schedule, label smoothing 0.2, flips and shifts), which reaches an accuracy in fewer
+    /// epochs on small photos such as CIFAR-10. Any of those settings given on its own wins.
+    #[arg(long, env = "BESTIARY_RECIPE", value_enum, default_value_t = RecipeArg::Standard)]
+    pub recipe: RecipeArg,
+
     #[arg(long, env = "BESTIARY_EPOCHS", default_value_t = 10)]
     pub epochs: usize,
 
     #[arg(long, env = "BESTIARY_BATCH_SIZE", default_value_t = 32)]
     pub batch_size: usize,
 
-    /// Peak learning rate.
-    #[arg(long, env = "BESTIARY_LR", default_value_t = 2e-3)]
-    pub lr: f64,
+    /// Peak learning rate [default: the recipe's, 2e-3 standard, 0.05 fast].
+    #[arg(long, env = "BESTIARY_LR")]
+    pub lr: Option<f64>,
 
-    #[arg(long, env = "BESTIARY_WEIGHT_DECAY", default_value_t = 1e-4)]
-    pub weight_decay: f64,
+    /// [default: the recipe's, 1e-4 standard, 5e-4 fast]
+    #[arg(long, env = "BESTIARY_WEIGHT_DECAY")]
+    pub weight_decay: Option<f64>,
 
-    #[arg(long, env = "BESTIARY_OPTIMIZER", value_enum, default_value_t = OptimizerArg::Adamw)]
-    pub optimizer: OptimizerArg,
+    /// [default: the recipe's, adamw standard, sgd fast]
+    #[arg(long, env = "BESTIARY_OPTIMIZER", value_enum)]
+    pub optimizer: Option<OptimizerArg>,
 
     /// SGD momentum.
     #[arg(long, env = "BESTIARY_MOMENTUM", default_value_t = 0.9)]
     pub momentum: f64,
 
-    #[arg(long, env = "BESTIARY_SCHEDULE", value_enum, default_value_t = ScheduleArg::Cosine)]
-    pub schedule: ScheduleArg,
+    /// SGD: Nesterov momentum [default: the recipe's, false standard, true fast].
+    #[arg(long, env = "BESTIARY_NESTEROV", action = clap::ArgAction::Set)]
+    pub nesterov: Option<bool>,
 
-    /// Epochs of linear learning-rate warm-up (cosine schedule).
+    /// [default: the recipe's, cosine standard, triangular fast]
+    #[arg(long, env = "BESTIARY_SCHEDULE", value_enum)]
+    pub schedule: Option<ScheduleArg>,
+
+    /// Epochs of linear learning-rate warm-up (cosine and triangular schedules).
     #[arg(long, env = "BESTIARY_WARMUP_EPOCHS", default_value_t = 1.0)]
     pub warmup_epochs: f64,
 
-    #[arg(long, env = "BESTIARY_LABEL_SMOOTHING", default_value_t = 0.1)]
-    pub label_smoothing: f32,
+    /// [default: the recipe's, 0.1 standard, 0.2 fast]
+    #[arg(long, env = "BESTIARY_LABEL_SMOOTHING")]
+    pub label_smoothing: Option<f32>,
 
-    /// Random resized crops, flips and colour jitter on training photos.
+    /// Augment training photos (how: --augmentation).
     #[arg(long, env = "BESTIARY_AUGMENT", default_value_t = true, action = clap::ArgAction::Set)]
     pub augment: bool,
+
+    /// resized-crop-jitter (random resized crops, flips, colour jitter) or flip-shift (flips
+    /// and shifts of the evaluation crop by up to an eighth of its side) [default: the
+    /// recipe's, resized-crop-jitter standard, flip-shift fast].
+    #[arg(long, env = "BESTIARY_AUGMENTATION", value_enum)]
+    pub augmentation: Option<AugmentationArg>,
 
     /// Stop when validation accuracy has not improved for this many epochs.
     #[arg(long, env = "BESTIARY_PATIENCE")]
@@ -650,7 +672,20 @@ pub enum ResumeArg {
 pub enum ScheduleArg {
     Cosine,
     OneCycle,
+    Triangular,
     Constant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RecipeArg {
+    Standard,
+    Fast,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AugmentationArg {
+    ResizedCropJitter,
+    FlipShift,
 }
 
 #[derive(Debug, Args)]

@@ -49,13 +49,30 @@ impl Normalization {
     }
 }
 
-/// Training augmentation parameters, following torchvision's `RandomResizedCrop`,
-/// `RandomHorizontalFlip` and `ColorJitter`.
+/// How a training crop is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum CropMode {
+    /// torchvision's `RandomResizedCrop`, drawn from `scale` and `ratio`.
+    #[default]
+    RandomResized,
+    /// The evaluation crop (`crop_fraction` of the shorter side, centred) moved by a whole
+    /// number of pixels, up to `max_shift` of its side each way, and kept inside the photo: the
+    /// translation of fast CIFAR-10 recipes, which shows the network the scale it meets at test
+    /// time instead of zooming in on a quarter of the photo.
+    Shift { crop_fraction: f32, max_shift: f32 },
+}
+
+/// Training augmentation parameters, following torchvision's `RandomResizedCrop` (or a shifted
+/// evaluation crop), `RandomHorizontalFlip` and `ColorJitter`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AugmentConfig {
-    /// Range of the crop's area as a fraction of the image area.
+    #[serde(default)]
+    pub crop: CropMode,
+    /// Range of the crop's area as a fraction of the image area (`CropMode::RandomResized`).
     pub scale: (f32, f32),
-    /// Range of the crop's width/height aspect ratio, sampled log-uniformly.
+    /// Range of the crop's width/height aspect ratio, sampled log-uniformly
+    /// (`CropMode::RandomResized`).
     pub ratio: (f32, f32),
     /// Mirror left-right with probability 0.5.
     pub horizontal_flip: bool,
@@ -68,9 +85,27 @@ pub struct AugmentConfig {
     pub saturation: f32,
 }
 
+impl AugmentConfig {
+    /// Flip and translate only (`--recipe fast`): the evaluation crop of `crop_fraction`,
+    /// shifted by up to an eighth of its side, mirrored half the time, colours untouched.
+    pub fn flip_shift(crop_fraction: f32) -> Self {
+        Self {
+            crop: CropMode::Shift {
+                crop_fraction,
+                max_shift: 0.125,
+            },
+            brightness: 0.0,
+            contrast: 0.0,
+            saturation: 0.0,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for AugmentConfig {
     fn default() -> Self {
         Self {
+            crop: CropMode::RandomResized,
             scale: (0.25, 1.0),
             ratio: (3.0 / 4.0, 4.0 / 3.0),
             horizontal_flip: true,
@@ -204,7 +239,13 @@ pub fn augment_into(
     assert!(size > 0, "the crop size must be at least one pixel");
     assert_tensor_len(out, size, size);
     assert_not_empty(image);
-    let region = random_resized_crop(image.dimensions(), config, rng);
+    let region = match config.crop {
+        CropMode::RandomResized => random_resized_crop(image.dimensions(), config, rng),
+        CropMode::Shift {
+            crop_fraction,
+            max_shift,
+        } => shifted_crop(image.dimensions(), size, crop_fraction, max_shift, rng),
+    };
     // Drawn even when disabled, so toggling an option does not reshuffle the other choices.
     let flip = rng.random_bool(0.5) && config.horizontal_flip;
     let factors = JitterFactors::sample(config, rng);
@@ -374,6 +415,37 @@ fn random_resized_crop(
     )
 }
 
+/// The evaluation crop of `crop_fraction` moved by whole source pixels, at most `max_shift` of
+/// its side each way, clamped so it stays inside the image.
+fn shifted_crop(
+    (width, height): (u32, u32),
+    size: u32,
+    crop_fraction: f32,
+    max_shift: f32,
+    rng: &mut impl Rng,
+) -> CropBox {
+    let crop_fraction = if crop_fraction.is_finite() {
+        crop_fraction.clamp(0.05, 1.0)
+    } else {
+        1.0
+    };
+    let centre = center_region((width, height), size, crop_fraction);
+    let reach = (centre.width * f64::from(max_shift.max(0.0))).floor();
+    let reach = if reach.is_finite() { reach } else { 0.0 };
+    // Both shifts are drawn even when there is no room, so the flip that follows is the same.
+    let mut shift = |start: f64, room: f64| {
+        let offset = (uniform(rng, -reach, reach + 1.0).floor()).clamp(-reach, reach);
+        (start + offset).clamp(0.0, room.max(0.0))
+    };
+    let left = shift(centre.left, f64::from(width) - centre.width);
+    let top = shift(centre.top, f64::from(height) - centre.height);
+    CropBox {
+        left,
+        top,
+        ..centre
+    }
+}
+
 /// Uniform in `[low, high)` (or `(high, low]`), without the panics of an empty range.
 fn uniform(rng: &mut impl Rng, low: f64, high: f64) -> f64 {
     low + (high - low) * rng.random::<f64>()
@@ -524,6 +596,8 @@ fn store_row<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+
     use image::Rgb;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
@@ -815,6 +889,54 @@ mod tests {
     }
 
     #[test]
+    fn shifted_crops_keep_the_evaluation_scale_and_stay_inside() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let centre = center_region((40, 32), 32, 0.875);
+        let mut offsets = HashSet::new();
+        for _ in 0..400 {
+            let region = shifted_crop((40, 32), 32, 0.875, 0.125, &mut rng);
+            assert_eq!((region.width, region.height), (centre.width, centre.height));
+            assert!(region.left >= 0.0 && region.top >= 0.0, "{region:?}");
+            assert!(region.left + region.width <= 40.0 + 1e-9, "{region:?}");
+            assert!(region.top + region.height <= 32.0 + 1e-9, "{region:?}");
+            let dx = region.left - centre.left;
+            assert!(dx.abs() <= (centre.width / 8.0).floor(), "{region:?}");
+            assert_eq!(dx, dx.round(), "shifts are whole pixels");
+            offsets.insert(dx as i64);
+        }
+        // A 28 px crop reaches 3 px each way: every offset from -3 to 3 comes up.
+        assert_eq!(offsets.len(), 7, "{offsets:?}");
+
+        // No room (crop fraction 1 on a square photo): the crop stays where it is.
+        let full = shifted_crop((32, 32), 32, 1.0, 0.125, &mut rng);
+        assert_eq!((full.left, full.top, full.width), (0.0, 0.0, 32.0));
+        // Nonsense settings give a crop inside the image, not a panic.
+        let odd = shifted_crop((20, 10), 8, f32::NAN, f32::INFINITY, &mut rng);
+        assert!(
+            odd.left >= 0.0 && odd.left + odd.width <= 20.0 + 1e-9,
+            "{odd:?}"
+        );
+    }
+
+    #[test]
+    fn flip_shift_leaves_colours_alone() {
+        let image = constant(36, 36, RED);
+        let norm = Normalization::unit();
+        let mut plain = tensor(32);
+        center_crop_into(&image, 32, 0.875, &norm, &mut plain);
+        let mut out = tensor(32);
+        augment_into(
+            &image,
+            32,
+            &AugmentConfig::flip_shift(0.875),
+            &mut ChaCha8Rng::seed_from_u64(2),
+            &norm,
+            &mut out,
+        );
+        assert_all_close(&out, &plain);
+    }
+
+    #[test]
     fn crops_respect_scale_and_ratio() {
         let config = AugmentConfig::default();
         let mut rng = ChaCha8Rng::seed_from_u64(1);
@@ -863,6 +985,7 @@ mod tests {
     #[test]
     fn colour_jitter_changes_values_within_range() {
         let config = AugmentConfig {
+            crop: CropMode::RandomResized,
             scale: (1.0, 1.0),
             ratio: (1.0, 1.0),
             horizontal_flip: false,

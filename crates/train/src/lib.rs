@@ -17,7 +17,7 @@ pub mod trainer;
 pub mod transfer;
 
 pub use bestiary_networks::{ArchitectureConfig, Classifier};
-pub use config::{OptimizerKind, Schedule, TrainConfig};
+pub use config::{Augmentation, OptimizerKind, Recipe, RecipeSettings, Schedule, TrainConfig};
 pub use error::TrainError;
 pub use eval::{EvalReport, EvalSplit, Predictions, evaluate};
 pub use metrics::EpochMetrics;

@@ -19,7 +19,7 @@ use burn::optim::{
 use burn::prelude::*;
 
 use crate::artifact::store_version;
-use crate::config::{OptimizerKind, TrainConfig};
+use crate::config::{Augmentation, OptimizerKind, TrainConfig};
 use crate::error::{Result, TrainError};
 use crate::input::input_spec_for;
 use crate::metrics::{EpochMetrics, correct, metrics_lines};
@@ -132,7 +132,10 @@ pub async fn train_with(
         let mut loader_config = LoaderConfig::new(input.image_size, config.batch_size);
         loader_config.normalization = input.normalization;
         loader_config.crop_fraction = input.crop_fraction;
-        loader_config.augment = augment.then(AugmentConfig::default);
+        loader_config.augment = augment.then(|| match config.augmentation {
+            Augmentation::ResizedCropJitter => AugmentConfig::default(),
+            Augmentation::FlipShift => AugmentConfig::flip_shift(input.crop_fraction),
+        });
         loader_config.shuffle = shuffle;
         loader_config.seed = config.seed;
         loader_config.cache = cache.clone();
@@ -247,7 +250,8 @@ fn new_optimizer(config: &TrainConfig) -> ModuleOptimizer {
             .with_momentum(Some(
                 MomentumConfig::new()
                     .with_momentum(config.momentum)
-                    .with_dampening(0.0),
+                    .with_dampening(0.0)
+                    .with_nesterov(config.nesterov),
             ))
             .with_weight_decay(
                 (config.weight_decay > 0.0)

@@ -12,12 +12,14 @@ use bestiary_storage::Store;
 use bestiary_train::config::FineTune;
 use bestiary_train::input::input_spec_for;
 use bestiary_train::{
-    EpochMetrics, OptimizerKind, Resume, RunOptions, Schedule, TrainConfig, TrainError,
-    TrainObserver, train_with,
+    Augmentation, EpochMetrics, OptimizerKind, Recipe, Resume, RunOptions, Schedule, TrainConfig,
+    TrainError, TrainObserver, train_with,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::args::{GlobalArgs, OptimizerArg, ResumeArg, ScheduleArg, TrainArgs};
+use crate::args::{
+    AugmentationArg, GlobalArgs, OptimizerArg, RecipeArg, ResumeArg, ScheduleArg, TrainArgs,
+};
 
 /// Exit status of a run stopped by SIGTERM after saving its checkpoint (128 + 15, as the
 /// signal's default action reports it).
@@ -201,26 +203,47 @@ pub async fn train(global: &GlobalArgs, args: TrainArgs) -> anyhow::Result<ExitC
         );
         None
     };
+    let recipe = match args.recipe {
+        RecipeArg::Standard => Recipe::Standard,
+        RecipeArg::Fast => {
+            anyhow::ensure!(
+                !matches!(architecture, ArchitectureConfig::EfficientnetLite0 { .. }),
+                "--recipe fast is for training a network from scratch; EfficientNet-Lite0 \
+                 starts from ImageNet weights with its own recipe"
+            );
+            Recipe::Fast
+        }
+    }
+    .settings();
     let config = TrainConfig {
         architecture,
         image_size: args.image_size,
         epochs: args.epochs,
         batch_size: args.batch_size,
-        learning_rate: args.lr,
-        weight_decay: args.weight_decay,
+        learning_rate: args.lr.unwrap_or(recipe.learning_rate),
+        weight_decay: args.weight_decay.unwrap_or(recipe.weight_decay),
         optimizer: match args.optimizer {
-            OptimizerArg::Adamw => OptimizerKind::AdamW,
-            OptimizerArg::Sgd => OptimizerKind::Sgd,
+            Some(OptimizerArg::Adamw) => OptimizerKind::AdamW,
+            Some(OptimizerArg::Sgd) => OptimizerKind::Sgd,
+            None => recipe.optimizer,
         },
         momentum: args.momentum,
         schedule: match args.schedule {
-            ScheduleArg::Cosine => Schedule::Cosine,
-            ScheduleArg::OneCycle => Schedule::OneCycle,
-            ScheduleArg::Constant => Schedule::Constant,
+            Some(ScheduleArg::Cosine) => Schedule::Cosine,
+            Some(ScheduleArg::OneCycle) => Schedule::OneCycle,
+            Some(ScheduleArg::Triangular) => Schedule::Triangular,
+            Some(ScheduleArg::Constant) => Schedule::Constant,
+            None => recipe.schedule,
         },
         warmup_epochs: args.warmup_epochs,
-        label_smoothing: args.label_smoothing,
+        label_smoothing: args.label_smoothing.unwrap_or(recipe.label_smoothing),
         augment: args.augment,
+        augmentation: match args.augmentation {
+            Some(AugmentationArg::ResizedCropJitter) => Augmentation::ResizedCropJitter,
+            Some(AugmentationArg::FlipShift) => Augmentation::FlipShift,
+            None => recipe.augmentation,
+        },
+        nesterov: args.nesterov.unwrap_or(recipe.nesterov),
         patience: args.patience,
         balance_classes: args.balance_classes,
         seed: args.seed,

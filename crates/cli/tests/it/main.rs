@@ -10,3 +10,4 @@ mod explain;
 mod failures;
 mod faults;
 mod int8;
+mod recipe;

@@ -1,7 +1,7 @@
 //! What the training tests share: the tiny network and settings they train with.
 
 use bestiary_networks::ArchitectureConfig;
-use bestiary_train::{OptimizerKind, Schedule, TrainConfig};
+use bestiary_train::{Augmentation, OptimizerKind, Schedule, TrainConfig};
 
 /// A network small enough to train in well under a second on 40×40 generated photos.
 pub fn config(epochs: usize) -> TrainConfig {
@@ -18,6 +18,8 @@ pub fn config(epochs: usize) -> TrainConfig {
         warmup_epochs: 0.5,
         label_smoothing: 0.05,
         augment: true,
+        augmentation: Augmentation::ResizedCropJitter,
+        nesterov: false,
         patience: None,
         balance_classes: false,
         seed: 5,
