@@ -44,6 +44,8 @@ def parse():
     p.add_argument("--cifar-validation-per-class", type=int, default=200,
                    help="figure 2: held-out validation photos per class")
     p.add_argument("--cifar-arch", default="seed-cnn", help="figure 2: network (seed-cnn, resnet18)")
+    p.add_argument("--cifar-rounds", type=int,
+                   help="figure 2: rounds of its four contenders, each run minutes long (default: --rounds)")
     p.add_argument("--cifar-timeout", type=float, default=3600, help="figure 2: seconds one run may take")
     p.add_argument("--bulk-photos", type=int, default=5000, help="figure 6: photos under the prefix")
     p.add_argument("--omp-wait-policy", choices=["auto", "default", "passive"], default="auto",
@@ -51,6 +53,7 @@ def parse():
     p.add_argument("--no-build", action="store_true", help="do not build target/release/bestiary when it is missing")
     cfg = p.parse_args()
     cfg.rounds = cfg.rounds or (1 if cfg.quick else 3)
+    cfg.cifar_rounds = cfg.cifar_rounds or cfg.rounds
     cfg.only = [f.strip() for f in cfg.only.split(",") if f.strip()]
     unknown = [f for f in cfg.only if f not in FIGURES and f != "peak"]
     if unknown:

@@ -96,14 +96,14 @@ def figure(cfg, ctx):
     peer_fast = Contender(f"{torch}, same fast recipe", "peer", pytorch("fast"))
     peer_standard = Contender(f"{torch}, standard recipe", "peer", pytorch("standard"))
     standard = Contender("bestiary train (standard recipe)", "bestiary", bestiary("standard"))
-    alternate([fast, peer_fast, peer_standard, standard], cfg.rounds, "time to accuracy")
+    alternate([fast, peer_fast, peer_standard, standard], cfg.cifar_rounds, "time to accuracy")
     flops = ctx["flops"](arch, size)
     data_text = f"CIFAR-10, {train_per_class * 10} train / {validation_per_class * 10} held-out validation photos"
 
     def compare(workload, a, b, recipe_text):
         settings = {"model": arch, "batch_size": batch, "image_size": size, "threads": cfg.threads,
                     "data": data_text, "recipe": f"{recipe_text}; schedule over {epochs} epochs",
-                    "target": f"{target:.0%} validation accuracy"}
+                    "target": f"{target:.0%} validation accuracy", "rounds": cfg.cifar_rounds}
         return row("2 time to accuracy", workload, settings, "wall time to target", "s",
                    side(a, "seconds"), side(b, "seconds"), higher_is_better=False,
                    epochs_needed={"bestiary": [s["epochs"] for s in a.samples],

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use crate::imagenet_prior::ImagenetPrior;
+use crate::imagenet_prior::{IMAGENET_CLASSES, ImagenetPrior};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
@@ -20,8 +20,8 @@ use burn::store::{
 pub const IMAGE_SIZE: usize = 224;
 /// Channels of the pooled embedding that [`EfficientNetLite0::features`] returns.
 pub const FEATURES: usize = 1280;
-/// ImageNet-1k classes.
-pub const CLASSES: usize = 1000;
+/// ImageNet-1k classes, the outputs of the pretrained classifier.
+pub const CLASSES: usize = IMAGENET_CLASSES;
 /// Batch-norm epsilon of the TensorFlow original.
 const BN_EPSILON: f64 = 1e-3;
 
@@ -184,7 +184,7 @@ impl EfficientNetLite0 {
     /// A blank network with `classes` outputs and an ImageNet prior, for loading stored weights.
     pub fn with_prior(classes: usize, device: &Device) -> Self {
         Self {
-            prior: Some(ImagenetPrior::blank(classes, device)),
+            prior: Some(ImagenetPrior::blank(FEATURES, classes, device)),
             ..Self::with_classes(classes, device)
         }
     }

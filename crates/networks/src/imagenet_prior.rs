@@ -17,7 +17,8 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use serde::{Deserialize, Serialize};
 
-use crate::efficientnet::{CLASSES as IMAGENET_CLASSES, FEATURES};
+/// ImageNet-1k classes, the outputs of the pretrained classifier the prior reads.
+pub const IMAGENET_CLASSES: usize = 1000;
 
 /// Added to each group's probability before the logarithm, so a class none of whose ImageNet
 /// classes scores keeps a finite logit (log 1e-6 ≈ −13.8) the head can still overcome.
@@ -71,7 +72,7 @@ impl ImagenetPriorConfig {
 /// module so it is stored with the weights and runs wherever the network runs.
 #[derive(Module, Debug)]
 pub struct ImagenetPrior {
-    /// The pretrained 1280 → 1000 ImageNet classifier, unchanged.
+    /// The pretrained ImageNet classifier (embedding → 1000 classes), unchanged.
     pub imagenet: Linear,
     /// `[1000, classes]`: 1 where ImageNet class `i` belongs to model class `c`.
     pub membership: Param<Tensor<2>>,
@@ -80,10 +81,11 @@ pub struct ImagenetPrior {
 }
 
 impl ImagenetPrior {
-    /// A blank prior of the right shapes, for loading stored weights into.
-    pub fn blank(classes: usize, device: &Device) -> Self {
+    /// A blank prior of the right shapes, for loading stored weights into: `features` is the
+    /// width of the backbone's pooled embedding the ImageNet classifier reads.
+    pub fn blank(features: usize, classes: usize, device: &Device) -> Self {
         Self {
-            imagenet: LinearConfig::new(FEATURES, IMAGENET_CLASSES).init(device),
+            imagenet: LinearConfig::new(features, IMAGENET_CLASSES).init(device),
             membership: Param::from_tensor(Tensor::zeros([IMAGENET_CLASSES, classes], device)),
             weight: Param::from_tensor(Tensor::zeros([1], device)),
         }
@@ -140,6 +142,9 @@ impl ImagenetPrior {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Any embedding width will do for the prior's arithmetic.
+    const FEATURES: usize = 64;
 
     fn config(groups: &[(&str, Vec<usize>)]) -> ImagenetPriorConfig {
         ImagenetPriorConfig {

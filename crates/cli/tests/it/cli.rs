@@ -1,28 +1,12 @@
 //! The `bestiary` binary end to end: `dataset inspect` on local folders and on S3, help texts and
 //! environment variables.
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 use bestiary_testkit::photos::{truncated_jpeg, upload_dir, write_class_folders};
 use bestiary_testkit::{s3, unique_prefix};
 
-fn bestiary(args: &[&str], env: &[(&str, String)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bestiary"));
-    command.args(args).env_remove("AWS_ENDPOINT_URL");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command.output().expect("run bestiary")
-}
-
-fn stdout(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
+use crate::support::{bestiary_with as bestiary, stdout, train_tiny};
 
 /// The server's variables with a secret key it rejects.
 fn with_wrong_secret(env: &bestiary_testkit::S3Env) -> Vec<(&'static str, String)> {
@@ -375,29 +359,12 @@ fn trained_models_are_evaluated_and_exported_again() {
     let cache = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
     let models = out.path().to_str().unwrap();
-    stdout(&bestiary(
-        &[
-            "train",
-            "--data",
-            data,
-            "--out",
-            models,
-            "--name",
-            "tiny",
-            "--width",
-            "8",
-            "--depth",
-            "2",
-            "--image-size",
-            "32",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "8",
-            "--quiet",
-            "--cache-dir",
-            cache.path().to_str().unwrap(),
-        ],
+    stdout(&train_tiny(
+        data,
+        models,
+        cache.path().to_str().unwrap(),
+        "tiny",
+        "2",
         &[],
     ));
     let model = format!("{models}/tiny");

@@ -1,26 +1,14 @@
 //! `bestiary explain` as a process: a tiny model trained by the CLI, explained as JSON, as
 //! text with a PNG overlay, for a requested class, and refused for a class it does not have.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use bestiary_testkit::photos::write_class_folders;
 
-fn bestiary(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bestiary"))
-        .args(args)
-        .env_remove("AWS_ENDPOINT_URL")
-        .env("BESTIARY_LOG", "warn")
-        .output()
-        .expect("run bestiary")
-}
+use crate::support::{bestiary_with, stdout, train_tiny};
 
-fn stdout(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).unwrap()
+fn bestiary(args: &[&str]) -> Output {
+    bestiary_with(args, &[("BESTIARY_LOG", "warn".into())])
 }
 
 #[test]
@@ -30,28 +18,8 @@ fn explain_shows_where_a_trained_model_looked() {
     let out = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     let models = out.path().to_str().unwrap();
-    stdout(&bestiary(&[
-        "train",
-        "--data",
-        data.path().to_str().unwrap(),
-        "--out",
-        models,
-        "--name",
-        "tiny",
-        "--width",
-        "8",
-        "--depth",
-        "2",
-        "--image-size",
-        "32",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--quiet",
-        "--cache-dir",
-        cache.path().to_str().unwrap(),
-    ]));
+    let cache_dir = cache.path().to_str().unwrap();
+    stdout(&train_tiny(data.path().to_str().unwrap(), models, cache_dir, "tiny", "1", &[]));
     let model = format!("{models}/tiny");
     let photo = photos[0].to_str().unwrap();
 

@@ -2,26 +2,9 @@
 //! records it, `eval` and `bench engine` run it at `--precision int8`, and a version without one
 //! is refused rather than served in fp32.
 
-use std::process::{Command, Output};
-
 use bestiary_testkit::photos::write_class_folders;
 
-fn bestiary(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bestiary"))
-        .args(args)
-        .env_remove("AWS_ENDPOINT_URL")
-        .output()
-        .expect("run bestiary")
-}
-
-fn stdout(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
+use crate::support::{bestiary, stdout, train_tiny};
 
 /// Whether onnxruntime is here; without it the test skips, unless `BESTIARY_REQUIRE_ORT=1`.
 fn ort_available() -> bool {
@@ -49,11 +32,7 @@ fn export_int8_writes_and_records_the_graph_that_precision_int8_runs() {
     let cache = tempfile::tempdir().unwrap();
     let (data, models) = (dir.path().to_str().unwrap(), out.path().to_str().unwrap());
     let cache_dir = cache.path().to_str().unwrap();
-    #[rustfmt::skip]
-    stdout(&bestiary(&[
-        "train", "--data", data, "--out", models, "--name", "tiny", "--width", "8", "--depth", "2",
-        "--image-size", "32", "--epochs", "2", "--batch-size", "8", "--quiet", "--cache-dir", cache_dir,
-    ]));
+    stdout(&train_tiny(data, models, cache_dir, "tiny", "2", &[]));
     let model = format!("{models}/tiny");
 
     // Before the export, int8 is refused with the way to get it.

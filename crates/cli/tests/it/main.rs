@@ -11,3 +11,4 @@ mod failures;
 mod faults;
 mod int8;
 mod recipe;
+mod support;

@@ -1,16 +1,9 @@
 //! `train --recipe`: a preset fills in the settings not given, any setting given wins, and the
 //! settings are what the stored model records.
 
-use std::process::{Command, Output};
-
 use bestiary_testkit::photos::write_class_folders;
 
-fn bestiary(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bestiary"))
-        .args(args)
-        .output()
-        .expect("run bestiary")
-}
+use crate::support::{bestiary, train_tiny};
 
 /// The training settings `model.json` of the latest version of `<models>/<name>` records.
 fn recorded_training(models: &std::path::Path, name: &str) -> serde_json::Value {
@@ -24,32 +17,6 @@ fn recorded_training(models: &std::path::Path, name: &str) -> serde_json::Value 
     metadata["training"].clone()
 }
 
-fn train(data: &str, models: &str, cache: &str, name: &str, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "train",
-        "--data",
-        data,
-        "--out",
-        models,
-        "--name",
-        name,
-        "--width",
-        "8",
-        "--depth",
-        "2",
-        "--image-size",
-        "32",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-        "--quiet",
-        "--cache-dir",
-        cache,
-    ];
-    args.extend_from_slice(extra);
-    bestiary(&args)
-}
 
 #[test]
 fn the_fast_recipe_fills_in_what_is_not_given() {
@@ -60,11 +27,12 @@ fn the_fast_recipe_fills_in_what_is_not_given() {
     let (data, models) = (dir.path().to_str().unwrap(), out.path().to_str().unwrap());
     let cache = cache.path().to_str().unwrap();
 
-    let fast = train(
+    let fast = train_tiny(
         data,
         models,
         cache,
         "fast",
+        "2",
         &["--recipe", "fast", "--lr", "0.02"],
     );
     assert!(
@@ -86,11 +54,12 @@ fn the_fast_recipe_fills_in_what_is_not_given() {
     assert_eq!(recorded["learning_rate"], 0.02, "{recorded}");
 
     // Without --recipe, the standard settings, and a single override changes only itself.
-    let standard = train(
+    let standard = train_tiny(
         data,
         models,
         cache,
         "standard",
+        "2",
         &["--augmentation", "flip-shift"],
     );
     assert!(standard.status.success());
