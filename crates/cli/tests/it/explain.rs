@@ -19,7 +19,14 @@ fn explain_shows_where_a_trained_model_looked() {
     let cache = tempfile::tempdir().unwrap();
     let models = out.path().to_str().unwrap();
     let cache_dir = cache.path().to_str().unwrap();
-    stdout(&train_tiny(data.path().to_str().unwrap(), models, cache_dir, "tiny", "1", &[]));
+    stdout(&train_tiny(
+        data.path().to_str().unwrap(),
+        models,
+        cache_dir,
+        "tiny",
+        "1",
+        &[],
+    ));
     let model = format!("{models}/tiny");
     let photo = photos[0].to_str().unwrap();
 

@@ -17,7 +17,6 @@ fn recorded_training(models: &std::path::Path, name: &str) -> serde_json::Value 
     metadata["training"].clone()
 }
 
-
 #[test]
 fn the_fast_recipe_fills_in_what_is_not_given() {
     let dir = tempfile::tempdir().unwrap();
