@@ -14,7 +14,7 @@ core. Results: bench/results/<date>-budget.json and .md."""
 import argparse
 import json
 import os
-import subprocess
+import shutil
 import sys
 import threading
 import time
@@ -80,7 +80,7 @@ def main():
                "--cache-dir", os.path.join(WORK, "cache", f"budget-{arch}"), "--json", "--quiet"]
         if cfg.pin:
             cmd = ["taskset", "-c", str(cores[index])] + cmd
-        subprocess.run(["rm", "-rf", out], check=True)
+        shutil.rmtree(out, ignore_errors=True)
         log(f"  {arch}: {' '.join(map(str, cmd))}")
         result = run(cmd, timeout=max(budgets) * 60)
         epochs_seen = epochs_of(result)
