@@ -22,19 +22,15 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import data  # noqa: E402
-from harness.common import BESTIARY, RESULTS, WORK, log, run  # noqa: E402
+from harness.common import BESTIARY, RESULTS, WORK, epoch_records, log, run  # noqa: E402
 from harness.machine import describe, one_line  # noqa: E402
 
 
 def epochs_of(result):
     """(seconds since launch, epoch, validation accuracy, images/s) for every epoch line."""
     epochs = []
-    for seconds, line in result.lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and "epoch" in record and record.get("validation_accuracy") is not None:
+    for seconds, record in epoch_records(result):
+        if record.get("validation_accuracy") is not None:
             epochs.append({"seconds": round(seconds, 1), "epoch": record["epoch"] + 1,
                            "validation_accuracy": record["validation_accuracy"],
                            "train_accuracy": record.get("train_accuracy"),

@@ -1,6 +1,7 @@
 """Shared plumbing of the harness: paths, running a process (timestamped output lines, wall time,
 peak RSS, CPU time), A/B alternation of contenders, and medians."""
 
+import json
 import os
 import signal
 import statistics
@@ -103,6 +104,18 @@ def run(cmd, *, env=None, cwd=ROOT, timeout=None, on_line=None):
         cpu_seconds=usage.ru_utime + usage.ru_stime,
         killed=state["killed"],
     )
+
+
+def epoch_records(result):
+    """(seconds since launch, record) for every JSON line of a finished run that reports an
+    epoch: `bestiary train --json` and the PyTorch peers print one per epoch."""
+    for seconds, line in result.lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "epoch" in record:
+            yield seconds, record
 
 
 # Environment of every peer process, set by run.py (OMP_WAIT_POLICY, see README).

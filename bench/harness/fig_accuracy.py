@@ -10,7 +10,7 @@ import os
 import shutil
 
 from . import data
-from .common import BESTIARY, WORK, Contender, alternate, peer, row, run, side
+from .common import BESTIARY, WORK, Contender, alternate, epoch_records, peer, row, run, side
 
 
 def time_to_target(target):
@@ -18,13 +18,9 @@ def time_to_target(target):
         if not result.ok:
             raise RuntimeError(result.fail_reason())
         best = 0.0
-        for t, line in result.lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            accuracy = record.get("validation_accuracy") if isinstance(record, dict) else None
-            if accuracy is None or "epoch" not in record:
+        for t, record in epoch_records(result):
+            accuracy = record.get("validation_accuracy")
+            if accuracy is None:
                 continue
             best = max(best, accuracy)
             if accuracy >= target:

@@ -5,23 +5,15 @@ cold photo cache and warm-up). A third contender, the same `bestiary train` with
 `BESTIARY_CONV=burn` (burn-flex's convolution and burn's generic backward and batch norm), is
 the "before" of Bestiary's own kernels, in the same run."""
 
-import json
 import os
 import shutil
 
 from . import data
-from .common import BESTIARY, WORK, Contender, alternate, median, peer, row, run, side
+from .common import BESTIARY, WORK, Contender, alternate, epoch_records, median, peer, row, run, side
 
 
 def epoch_rates(result):
-    rates = []
-    for _, line in result.lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and "images_per_second" in record and "epoch" in record:
-            rates.append(record["images_per_second"])
+    rates = [record["images_per_second"] for _, record in epoch_records(result) if "images_per_second" in record]
     if not rates:
         raise RuntimeError(f"no epoch lines: {result.fail_reason()}")
     return rates
