@@ -306,10 +306,11 @@ pub fn forward(
 }
 
 /// Input gradient: `dx [N, C_in, H, W]` from `weight` and the output gradient `dy`.
-pub fn backward_input(geometry: &ConvGeometry, weight: &[f32], dy: &[f32], dx: &mut [f32]) {
+pub fn backward_input(geometry: &ConvGeometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
     assert_eq!(weight.len(), geometry.weight_len());
     assert_eq!(dy.len(), geometry.batch * geometry.output_len());
-    assert_eq!(dx.len(), geometry.batch * geometry.image_len());
+    // Zeroed by the allocator (fresh pages for large tensors), which col2im then adds onto.
+    let mut dx = vec![0.0; geometry.batch * geometry.image_len()];
     let plan = Plan::new(geometry);
     let (pixels, rows, group_rows) = (
         geometry.out_pixels(),
@@ -318,7 +319,7 @@ pub fn backward_input(geometry: &ConvGeometry, weight: &[f32], dy: &[f32], dx: &
     );
     let out_per_group = geometry.out_per_group();
     let image_len = geometry.image_len();
-    chunked(dx, &plan, image_len).for_each(|(chunk, dx)| {
+    chunked(&mut dx, &plan, image_len).for_each(|(chunk, dx)| {
         let images = plan.images(geometry, chunk);
         let row_len = images.len() * pixels;
         with_scratch(
@@ -354,13 +355,13 @@ pub fn backward_input(geometry: &ConvGeometry, weight: &[f32], dy: &[f32], dx: &
                             );
                         }
                     } else {
-                        image.fill(0.0);
                         geometry.col2im_add(patches, row_len, slot * pixels, image);
                     }
                 }
             },
         );
     });
+    dx
 }
 
 /// Writes the output gradient of `images` transposed, `[images·pixels, C_out]` row-major, into
@@ -449,21 +450,42 @@ pub fn backward_weight(geometry: &ConvGeometry, x: &[f32], dy: &[f32], dw: &mut 
             .with_max_len(1)
             .for_each(|(worker, acc)| accumulate_share(worker, acc));
     }
-    let (total, rest) = accumulators.split_at_mut(len);
-    for partial in rest.chunks(len) {
-        for (sum, value) in total.iter_mut().zip(partial) {
-            *sum += value;
-        }
-    }
-    for group in 0..geometry.groups {
-        let transposed = &total[group * group_rows * out_per_group..][..group_rows * out_per_group];
-        for out in 0..out_per_group {
-            let dst = &mut dw[(group * out_per_group + out) * group_rows..][..group_rows];
-            for (row, value) in dst.iter_mut().enumerate() {
-                *value = transposed[row * out_per_group + out];
+    sum_transposed(geometry, &accumulators, dw);
+}
+
+/// `dw[o][row] = Σ_worker accumulator[group(o)][row][o mod out_per_group]`: the workers'
+/// transposed partial sums (one `weight_len` slice each) added and transposed into `dw` in
+/// one pass, a block of 16 output channels at a time (one cache line of each accumulator
+/// row), blocks on rayon's threads.
+fn sum_transposed(geometry: &ConvGeometry, accumulators: &[f32], dw: &mut [f32]) {
+    const BLOCK: usize = 16;
+    let (group_rows, out_per_group, len) = (
+        geometry.group_rows(),
+        geometry.out_per_group(),
+        geometry.weight_len(),
+    );
+    let workers = accumulators.len() / len;
+    dw.par_chunks_mut(BLOCK * group_rows)
+        .enumerate()
+        .for_each(|(block, dst)| {
+            // Where output channel `block·16 + local` of row 0 sits in an accumulator.
+            let mut columns = [0usize; BLOCK];
+            let outs = dst.len() / group_rows;
+            for (local, column) in columns[..outs].iter_mut().enumerate() {
+                let out = block * BLOCK + local;
+                *column = (out / out_per_group) * group_rows * out_per_group + out % out_per_group;
             }
-        }
-    }
+            for row in 0..group_rows {
+                for (local, &column) in columns[..outs].iter().enumerate() {
+                    let index = column + row * out_per_group;
+                    let mut sum = accumulators[index];
+                    for worker in 1..workers {
+                        sum += accumulators[worker * len + index];
+                    }
+                    dst[local * group_rows + row] = sum;
+                }
+            }
+        });
 }
 
 /// Bias gradient: `db [C_out]`, the output gradient summed over images and pixels.

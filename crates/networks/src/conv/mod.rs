@@ -244,8 +244,7 @@ fn register_gradients(
     let geometry = ConvGeometry::new(dims(&x), dims(&weight), options);
     let (x, weight, dy) = (contiguous(x), contiguous(weight), contiguous(output_grad));
     if let Some(node) = x_node {
-        let mut dx = vec![0.0; geometry.batch * geometry.image_len()];
-        kernels::backward_input(&geometry, values(&weight), values(&dy), &mut dx);
+        let dx = kernels::backward_input(&geometry, values(&weight), values(&dy));
         let shape = [
             geometry.batch,
             geometry.in_channels,
