@@ -312,11 +312,7 @@ fn shifted_add(
 ) {
     let first = oh_start * width + ow_start;
     let last = (oh_end - 1) * width + ow_end;
-    for gap in 0..width - ow_end + ow_start {
-        for oh in oh_start..oh_end - 1 {
-            src[oh * width + ow_end + gap] = 0.0;
-        }
-    }
+    zero_wrapped_columns(src, width, [oh_start, oh_end, ow_start, ow_end]);
     let target = (first as isize + delta) as usize;
     for (out, value) in plane[target..target + (last - first)]
         .iter_mut()
@@ -342,11 +338,20 @@ fn shifted_copy(
     dst[first..last].copy_from_slice(&plane[source..source + (last - first)]);
     dst[oh_start * width..first].fill(0.0);
     dst[last..oh_end * width].fill(0.0);
-    // Between consecutive valid rows: the columns past ow_end and before ow_start. Column by
-    // column, as strided stores: a loop per row would become a call to memset per row.
+    zero_wrapped_columns(dst, width, [oh_start, oh_end, ow_start, ow_end]);
+}
+
+/// Zeroes what a shifted span covers between consecutive valid rows of a `width`-wide patch
+/// row: the columns past `ow_end` and before the next row's `ow_start`. Column by column, as
+/// strided stores: a loop per row would become a call to memset per row.
+fn zero_wrapped_columns(
+    buffer: &mut [f32],
+    width: usize,
+    [oh_start, oh_end, ow_start, ow_end]: [usize; 4],
+) {
     for gap in 0..width - ow_end + ow_start {
         for oh in oh_start..oh_end - 1 {
-            dst[oh * width + ow_end + gap] = 0.0;
+            buffer[oh * width + ow_end + gap] = 0.0;
         }
     }
 }
